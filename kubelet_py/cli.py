@@ -1,0 +1,153 @@
+"""The `kubelet-py` command line: one entry point, a subcommand per job.
+
+Subcommands grow with the project; each is a thin shell over a library API so
+tests drive the same code people do.
+"""
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from kubelet_py import __version__
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubelet-py",
+        description=(
+            "kubelet-py, a Kubernetes node agent in Python (early development). "
+            "What works today: `cluster`, a real local control plane to develop and test "
+            "against. The node agent, runtime, networking and volumes follow."
+        ),
+        epilog="Run `kubelet-py <command> --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"kubelet-py {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>")
+
+    commands.add_parser("version", help="print the version of kubelet-py and its pinned Kubernetes")
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="a real local control plane (etcd, apiserver, controller-manager, scheduler)",
+        description=(
+            "Build (once, cached by version) and run a real Kubernetes control plane inside "
+            "a 'lab' network namespace. The apiserver is reachable from this shell at "
+            "127.0.0.1 through a forwarder. Needs root."
+        ),
+    )
+    cluster_cmds = cluster.add_subparsers(dest="cluster_command", metavar="<action>")
+    cluster_cmds.required = True
+    cluster_cmds.add_parser("build", help="build and cache the control-plane binaries, then exit")
+    up = cluster_cmds.add_parser(
+        "up", help="start the control plane, print what to try, and run until Ctrl-C"
+    )
+    up.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where PKI, kubeconfigs, etcd data and logs go (default: a new temp dir, removed "
+        "on exit)",
+    )
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="also create this many node network namespaces on the lab underlay",
+    )
+    up.add_argument(
+        "--check",
+        action="store_true",
+        help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
+    )
+    down = cluster_cmds.add_parser(
+        "down", help="clean up a cluster whose `up` process was killed (by its work dir)"
+    )
+    down.add_argument("--work-dir", type=Path, required=True)
+    return parser
+
+
+def _cmd_version() -> int:
+    from kubelet_py.devcluster.build import K8S_VERSION
+
+    print(f"kubelet-py {__version__} (control plane pinned to Kubernetes {K8S_VERSION})")
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from kubelet_py.devcluster import DevClusterError, LocalCluster, ensure_binaries
+    from kubelet_py.devcluster.cluster import cleanup_from_state
+
+    try:
+        if args.cluster_command == "down":
+            if not cleanup_from_state(args.work_dir, progress=_progress):
+                _progress(f"no cluster state in {args.work_dir}; nothing to clean up")
+            return 0
+        binaries = ensure_binaries(progress=_progress)
+        if args.cluster_command == "build":
+            print(binaries.bin_dir)
+            return 0
+        cluster = LocalCluster(binaries=binaries, work_dir=args.work_dir, progress=_progress)
+        with cluster:
+            for i in range(args.nodes):
+                node = cluster.add_node(f"node{i + 1}")
+                _progress(f"node namespace {node.netns} at {node.address}")
+            if args.check:
+                print(cluster.kubectl("get", "namespaces").stdout, end="")
+                return 0
+            print(_try_this(cluster.admin_kubeconfig, binaries.bin_dir, cluster.logs_dir))
+            _wait_for_signal()
+    except DevClusterError as err:
+        _progress(f"error: {err}")
+        return 1
+    return 0
+
+
+def _try_this(kubeconfig: Path, bin_dir: Path, logs: Path) -> str:
+    return f"""
+The control plane is up. In another shell:
+
+  export KUBECONFIG={kubeconfig}
+  export PATH={bin_dir}:$PATH
+  kubectl get --raw '/readyz?verbose'
+  kubectl get namespaces
+  kubectl create deployment hello --image=busybox --replicas=2 -- sleep 3600
+  kubectl get deploy,rs,pods -o wide   # pods stay Pending until a kubelet-py node joins
+  kubectl get events -A
+
+Component logs: {logs}
+Press Ctrl-C to stop everything and clean up.
+"""
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    stop.wait()
+    _progress("stopping the control plane")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "version":
+        return _cmd_version()
+    if args.command == "cluster":
+        return _cmd_cluster(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
