@@ -36,8 +36,9 @@ K8S_COMMANDS: Mapping[str, str] = {
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
-# `go build -o dir/` names a binary after the last path element of its package.
-ETCD_BUILT_NAME = "v3"
+# `go build -o dir/` names a binary after its package path, dropping a major-version
+# suffix: go.etcd.io/etcd/server/v3 becomes `server`.
+ETCD_BUILT_NAME = "server"
 WRAPPER_MODULE = "kubeletpy.local/k8sbuild"
 
 Progress = Callable[[str], None]
