@@ -329,3 +329,13 @@ def test_bootstrap_tokens_authenticate(
         assert "system:bootstrappers:kubelet-py" in out.stdout
     finally:
         core.delete_namespaced_secret(f"bootstrap-token-{token_id}", "kube-system")
+
+
+def test_example_manifests_are_valid_for_the_real_apiserver(cluster: LocalCluster) -> None:
+    """Every example in manifests/ passes the apiserver's validation and admission (dry run)."""
+    root = Path(__file__).resolve().parents[3] / "manifests"
+    files = sorted(root.rglob("*.yaml"))
+    assert files, "manifests/ has no examples"
+    for path in files:
+        out = cluster.kubectl("create", "--dry-run=server", "-f", str(path), check=False)
+        assert out.returncode == 0, f"{path.name}: {out.stderr}"
