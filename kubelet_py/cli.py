@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kubelet_py import __version__
+from kubelet_py import __version__, cli_images
 
 
 def _progress(message: str) -> None:
@@ -24,8 +24,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="kubelet-py",
         description=(
             "kubelet-py, a Kubernetes node agent in Python (early development). "
-            "What works today: `cluster`, a real local control plane to develop and test "
-            "against. The node agent, runtime, networking and volumes follow."
+            "What works today: `images` (pull, list, remove, inspect, import OCI images) "
+            "and `cluster` (a real local control plane to develop and test against). "
+            "The node agent, container runtime, networking and volumes follow."
         ),
         epilog="Run `kubelet-py <command> --help` for the options of a command.",
     )
@@ -67,6 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
     )
+    cli_images.add_parser(commands)
+
     down = cluster_cmds.add_parser(
         "down", help="clean up a cluster whose `up` process was killed (by its work dir)"
     )
@@ -149,5 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_version()
     if args.command == "cluster":
         return _cmd_cluster(args)
+    if args.command == "images":
+        return cli_images.run(args)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -16,12 +16,17 @@ visible store (images, blobs, layers) is as it was; partial downloads stay in
 
 import asyncio
 import shutil
+import tarfile
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import aiofiles
+
+from cri.images import archive
 from cri.images import mediatypes as mt
 from cri.images.auth import Credentials
 from cri.images.config import ImageConfig, parse_image_config
@@ -30,11 +35,13 @@ from cri.images.errors import (
     ImageError,
     ImageInUseError,
     ImageNotFoundError,
+    ImportError_,
     InvalidReferenceError,
     PullError,
 )
 from cri.images.layers import LayerStore
 from cri.images.manifest import (
+    Descriptor,
     Index,
     Manifest,
     Platform,
@@ -45,7 +52,7 @@ from cri.images.manifest import (
 from cri.images.records import ImageRecord, RecordStore
 from cri.images.reference import ImageReference, parse_reference
 from cri.images.registry import RegistryClient, RegistryConfig
-from cri.images.store import ContentStore
+from cri.images.store import ContentStore, Fetch
 
 
 @dataclass(frozen=True)
@@ -201,11 +208,11 @@ class ImageService:
         fetched = await self.registry.get_manifest(ref, ref.reference, creds=credentials, what=what)
         repo_digest = f"{ref.name}@{fetched.digest}"
         doc = parse_document(fetched.data, fetched.media_type, what=what)
-        blobs: list[Digest] = []
+        extra_blobs: list[Digest] = []
         if isinstance(doc, Index):
             self._hold(held, fetched.digest)
             self.content.put_bytes(fetched.data, expected=fetched.digest)
-            blobs.append(fetched.digest)
+            extra_blobs.append(fetched.digest)
             entry = select_platform(doc, self.platform, what=what)
             fetched = await self.registry.get_manifest(
                 ref, entry.digest, creds=credentials, what=what
@@ -213,23 +220,54 @@ class ImageService:
             doc = parse_document(fetched.data, fetched.media_type or entry.media_type, what=what)
             if not isinstance(doc, Manifest):
                 raise PullError(f"{what}: index entry {entry.digest} is not an image manifest")
-        manifest = doc
-        self._hold(held, fetched.digest)
-        self.content.put_bytes(fetched.data, expected=fetched.digest)
-        blobs.append(fetched.digest)
-        emit(PullEvent(str(ref), "resolved", fetched.digest))
+        endpoint = fetched.endpoint
+
+        def source(digest: Digest) -> Fetch:
+            return lambda off: self.registry.open_blob(
+                ref, digest, off, creds=credentials, what=what, prefer=endpoint
+            )
+
+        return await self._materialize(
+            name=str(ref),
+            repo_tags=(str(ref),) if ref.tag else (),
+            repo_digests=(repo_digest,),
+            manifest=doc,
+            manifest_bytes=fetched.data,
+            manifest_digest=fetched.digest,
+            extra_blobs=extra_blobs,
+            source=source,
+            emit=emit,
+            what=what,
+            held=held,
+        )
+
+    async def _materialize(
+        self,
+        *,
+        name: str,
+        repo_tags: tuple[str, ...],
+        repo_digests: tuple[str, ...],
+        manifest: Manifest,
+        manifest_bytes: bytes,
+        manifest_digest: Digest,
+        extra_blobs: list[Digest],
+        source: Callable[[Digest], Fetch],
+        emit: PullProgress,
+        what: str,
+        held: list[Digest],
+    ) -> ImageRecord:
+        """Store the manifest, config and layers from `source`, then write the record."""
+        self._hold(held, manifest_digest)
+        self.content.put_bytes(manifest_bytes, expected=manifest_digest)
+        blobs = [*extra_blobs, manifest_digest]
+        emit(PullEvent(name, "resolved", manifest_digest))
 
         cfg_desc = manifest.config
         if cfg_desc.media_type and cfg_desc.media_type not in mt.CONFIGS:
             raise PullError(f"{what}: unsupported config media type {cfg_desc.media_type!r}")
         self._hold(held, cfg_desc.digest)
         await self.content.ingest(
-            cfg_desc.digest,
-            cfg_desc.size,
-            lambda off: self.registry.open_blob(
-                ref, cfg_desc.digest, off, creds=credentials, what=what, prefer=fetched.endpoint
-            ),
-            what=what,
+            cfg_desc.digest, cfg_desc.size, source(cfg_desc.digest), what=what
         )
         blobs.append(cfg_desc.digest)
         config = self.config(cfg_desc.digest)
@@ -246,21 +284,20 @@ class ImageService:
             self._hold(held, chain)
             blobs.append(desc.digest)
             if self.layers.get(chain) is not None:
-                emit(PullEvent(str(ref), "exists", desc.digest, desc.size, desc.size))
+                emit(PullEvent(name, "exists", desc.digest, desc.size, desc.size))
                 return
             task = self._layer_tasks.get(chain)
             if task is None:
                 task = asyncio.create_task(
                     self._fetch_and_unpack(
-                        ref,
-                        i,
-                        manifest,
-                        chains,
-                        config.diff_ids[i],
-                        credentials,
-                        fetched.endpoint,
-                        emit,
-                        what,
+                        name=name,
+                        desc=desc,
+                        chain=chain,
+                        parent=chains[i - 1] if i else None,
+                        diff_id=config.diff_ids[i],
+                        fetch=source(desc.digest),
+                        emit=emit,
+                        what=what,
                     ),
                     name=f"layer:{chain[:19]}",
                 )
@@ -280,9 +317,9 @@ class ImageService:
             unpacked += layer.size_bytes
         record = ImageRecord(
             id=cfg_desc.digest,
-            manifest_digest=fetched.digest,
-            repo_tags=(str(ref),) if ref.tag else (),
-            repo_digests=(repo_digest,),
+            manifest_digest=manifest_digest,
+            repo_tags=repo_tags,
+            repo_digests=repo_digests,
             chain_ids=tuple(chains),
             blob_digests=tuple(dict.fromkeys(blobs)),
             size_bytes=cfg_desc.size + sum(d.size for d in manifest.layers),
@@ -292,44 +329,114 @@ class ImageService:
             last_used=now,
         )
         record = self._commit(record)
-        emit(PullEvent(str(ref), "done", record.id))
+        emit(PullEvent(name, "done", record.id))
         return record
 
     async def _fetch_and_unpack(
         self,
-        ref: ImageReference,
-        i: int,
-        manifest: Manifest,
-        chains: list[Digest],
+        *,
+        name: str,
+        desc: Descriptor,
+        chain: Digest,
+        parent: Digest | None,
         diff_id: Digest,
-        credentials: Credentials | None,
-        endpoint: str,
+        fetch: Fetch,
         emit: PullProgress,
         what: str,
     ) -> None:
-        desc = manifest.layers[i]
         async with self._downloads:
             path = await self.content.ingest(
                 desc.digest,
                 desc.size,
-                lambda off: self.registry.open_blob(
-                    ref, desc.digest, off, creds=credentials, what=what, prefer=endpoint
-                ),
+                fetch,
                 what=what,
-                progress=lambda n: emit(PullEvent(str(ref), "download", desc.digest, n, desc.size)),
+                progress=lambda n: emit(PullEvent(name, "download", desc.digest, n, desc.size)),
             )
-        emit(PullEvent(str(ref), "downloaded", desc.digest, desc.size, desc.size))
+        emit(PullEvent(name, "downloaded", desc.digest, desc.size, desc.size))
         async with self._unpacks:
             await asyncio.to_thread(
                 self.layers.create,
-                chain_id=chains[i],
-                parent=chains[i - 1] if i else None,
+                chain_id=chain,
+                parent=parent,
                 expected_diff_id=diff_id,
                 blob=path,
                 compression=mt.COMPRESSION_BY_LAYER_TYPE[desc.media_type],
                 what=f"{what}: layer {desc.digest}",
             )
-        emit(PullEvent(str(ref), "unpacked", desc.digest, desc.size, desc.size))
+        emit(PullEvent(name, "unpacked", desc.digest, desc.size, desc.size))
+
+    # ---- import ----------------------------------------------------------------
+
+    async def import_image(
+        self, path: Path, *, name: str | None = None, progress: PullProgress | None = None
+    ) -> list[ImageRecord]:
+        """Import an OCI image layout (dir or tar) or a `docker save` archive.
+
+        Names come from the archive (`RepoTags`, or the layout's
+        `io.containerd.image.name` / `org.opencontainers.image.ref.name`
+        annotations); `name` names an image that has none.
+        """
+        emit = progress or (lambda _e: None)
+        what = f"importing {path}"
+        if await asyncio.to_thread(path.is_dir):
+            return await self._import_dir(path, name=name, emit=emit, what=what)
+        if not await asyncio.to_thread(path.is_file):
+            raise ImportError_(f"{what}: no such file or directory")
+        scratch = Path(tempfile.mkdtemp(prefix="import-", dir=self.content.ingest_dir))
+        try:
+            await asyncio.to_thread(_extract_archive, path, scratch, what)
+            return await self._import_dir(scratch, name=name, emit=emit, what=what)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _import_dir(
+        self, root: Path, *, name: str | None, emit: PullProgress, what: str
+    ) -> list[ImageRecord]:
+        if await asyncio.to_thread((root / "index.json").is_file):
+            images = await asyncio.to_thread(
+                archive.oci_layout_images, root, platform=self.platform, what=what
+            )
+        elif await asyncio.to_thread((root / "manifest.json").is_file):
+            images = await asyncio.to_thread(archive.docker_save_images, root, what=what)
+        else:
+            raise ImportError_(
+                f"{what}: neither an OCI image layout (index.json) nor a docker save archive "
+                "(manifest.json)"
+            )
+        out = []
+        for found in images:
+            names = found.names or ((name,) if name else ())
+            if not names:
+                raise ImportError_(f"{what}: image {found.manifest_digest} has no name; pass one")
+            refs = [parse_reference(n) for n in names]
+            held: list[Digest] = []
+            before_blobs, before_layers = self.content.digests(), self.layers.chain_ids()
+
+            def source(digest: Digest, found: archive.FoundImage = found) -> Fetch:
+                return _file_fetch(found.blob_path(digest))
+
+            try:
+                record = await self._materialize(
+                    name=str(refs[0]),
+                    repo_tags=tuple(str(r) for r in refs if r.tag),
+                    repo_digests=tuple(f"{r.name}@{found.manifest_digest}" for r in refs),
+                    manifest=found.manifest,
+                    manifest_bytes=found.manifest_bytes,
+                    manifest_digest=found.manifest_digest,
+                    extra_blobs=[],
+                    source=source,
+                    emit=emit,
+                    what=what,
+                    held=held,
+                )
+            except BaseException:
+                self._rollback(before_blobs, before_layers, held)
+                raise
+            finally:
+                self._holds.subtract(held)
+                self._holds += Counter()
+            out.append(record)
+        return out
 
     def _commit(self, record: ImageRecord) -> ImageRecord:
         """Write the record; a tag moves to this image from any image that had it."""
@@ -458,3 +565,27 @@ class ImageService:
                 break
         self.content.prune_partials()
         return GCResult(removed=tuple(removed), freed_bytes=freed)
+
+
+def _file_fetch(path: Path) -> Fetch:
+    """A Fetch over a local file (for imports): yields its bytes from an offset."""
+
+    async def open_at(offset: int) -> AsyncIterator[bytes]:
+        async def gen() -> AsyncIterator[bytes]:
+            async with aiofiles.open(path, "rb") as f:
+                await f.seek(offset)
+                while chunk := await f.read(1 << 20):
+                    yield chunk
+
+        return gen()
+
+    return open_at
+
+
+def _extract_archive(path: Path, dest: Path, what: str) -> None:
+    """Unpack an image archive with tarfile's `data` filter (no links out, no devices)."""
+    try:
+        with tarfile.open(path) as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise ImportError_(f"{what}: cannot read the archive: {err}") from err
