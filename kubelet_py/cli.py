@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kubelet_py import __version__, cli_images
+from kubelet_py import __version__, cli_cri, cli_images
 
 
 def _progress(message: str) -> None:
@@ -69,6 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
     )
     cli_images.add_parser(commands)
+    cli_cri.add_parser(commands)
 
     down = cluster_cmds.add_parser(
         "down", help="clean up a cluster whose `up` process was killed (by its work dir)"
@@ -154,5 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_cluster(args)
     if args.command == "images":
         return cli_images.run(args)
+    if args.command == "cri":
+        return cli_cri.run(args)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -81,7 +81,7 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     imp.add_argument("--name", help="name for an image the archive does not name")
 
 
-def _registry_config(args: argparse.Namespace) -> RegistryConfig:
+def registry_config(args: argparse.Namespace) -> RegistryConfig:
     hosts: dict[str, dict[str, object]] = {}
     for host in args.plain_http:
         hosts.setdefault(host, {})["plain_http"] = True
@@ -133,7 +133,7 @@ def _human(n: float) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    service = ImageService(args.root / "images", registry=_registry_config(args))
+    service = ImageService(args.root / "images", registry=registry_config(args))
     try:
         cmd = args.images_command
         if cmd == "pull":

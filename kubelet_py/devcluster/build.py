@@ -253,3 +253,45 @@ def _go_build_with_progress(
             progress(f"  compiling: {compiled} of ~{total_packages} packages ({pct}%)")
     if proc.wait() != 0:
         raise BuildError("go build of the control plane failed:\n" + "\n".join(tail))
+
+
+# ---- single Go tools (no replace directives, so `go install pkg@version` works) ----
+
+GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
+    # name: (package, version, ldflags)
+    "crictl": (
+        "sigs.k8s.io/cri-tools/cmd/crictl",
+        "v1.37.0",
+        "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0",
+    ),
+}
+
+
+def ensure_go_tool(
+    name: str, *, cache_root: Path | None = None, progress: Progress = print
+) -> Path:
+    """Build (once) and return the path of a Go tool from GO_TOOLS, cached by version."""
+    package, version, ldflags = GO_TOOLS[name]
+    root = cache_root if cache_root is not None else default_cache_root()
+    key_dir = root / "tools" / f"{name}-{version}-{go_version()}"
+    binary = key_dir / name
+    if binary.is_file():
+        return binary
+    progress(f"building {name} {version} from its Go module (once; cached in {key_dir})")
+    tmp = key_dir.with_name(key_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    env = {**os.environ, "GOBIN": str(tmp)}
+    proc = subprocess.run(
+        ["go", "install", "-ldflags", ldflags, f"{package}@{version}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BuildError(f"building {name} {version} failed:\n{proc.stderr.strip()[-4000:]}")
+    shutil.rmtree(key_dir, ignore_errors=True)
+    tmp.rename(key_dir)
+    return binary

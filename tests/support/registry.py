@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import time
 from base64 import b64encode
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
@@ -298,3 +299,28 @@ class Registry:
             f"docker-registry did not come up on {self.url} within {self.start_timeout_s}s "
             f"({last_error}); log {self.log_path}:\n{self.log_tail()}"
         )
+
+
+def serve_registry(
+    work_dir: Path,
+    *,
+    auth: bool = False,
+    username: str = "tester",
+    password: str | None = None,
+) -> Iterator[Registry]:
+    """Yield a started Registry and stop it afterwards; wrap it in any pytest fixture:
+
+        @pytest.fixture(scope="session")
+        def registry(tmp_path_factory):
+            yield from serve_registry(tmp_path_factory.mktemp("registry"), auth=True)
+
+    With `auth`, TLS + htpasswd for `username` and `password` (random when None).
+    """
+    if auth:
+        registry = Registry(
+            work_dir, username=username, password=password or secrets.token_urlsafe(12)
+        )
+    else:
+        registry = Registry(work_dir)
+    with registry:
+        yield registry

@@ -1,0 +1,52 @@
+"""`kubelet-py cri serve`: run the CRI v1 gRPC server alone, for crictl or the upstream kubelet."""
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from cri.images import ImageService
+from cri.server import CRIServer
+from kubelet_py.cli_images import DEFAULT_ROOT, registry_config
+
+DEFAULT_SOCKET = Path("/run/kubelet-py/cri.sock")
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    cri = commands.add_parser(
+        "cri",
+        help="serve the CRI v1 gRPC API on a unix socket (for crictl and kubelets)",
+        description="Run kubelet-py's container runtime interface server.",
+    )
+    actions = cri.add_subparsers(dest="cri_command", metavar="<action>")
+    actions.required = True
+    serve = actions.add_parser("serve", help="serve until SIGTERM or Ctrl-C")
+    serve.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="state directory")
+    serve.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="unix socket path")
+    serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
+    serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
+    serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    images = ImageService(args.root / "images", registry=registry_config(args))
+    server = CRIServer(socket_path=args.socket, images=images)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"serving CRI v1 on unix://{args.socket}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop()
+        await images.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args))
