@@ -39,6 +39,8 @@ class RegistryHost:
     """How to reach one registry host."""
 
     mirrors: tuple[str, ...] = ()
+    mirrors_only: bool = False
+    """Never contact the host itself, only its mirrors (air-gapped nodes, tests)."""
     plain_http: bool = False
     ca_file: Path | None = None
     skip_tls_verify: bool = False
@@ -58,6 +60,11 @@ class FetchedManifest:
     media_type: str
     digest: Digest
     endpoint: str
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
 
 
 def _origin(host: str, cfg: RegistryHost) -> str:
@@ -89,7 +96,8 @@ class RegistryClient:
 
     def endpoints(self, host: str) -> list[str]:
         cfg = self.config.for_host(host)
-        return [m.rstrip("/") for m in cfg.mirrors] + [_origin(host, cfg)]
+        mirrors = [m.rstrip("/") for m in cfg.mirrors]
+        return mirrors if cfg.mirrors_only and mirrors else [*mirrors, _origin(host, cfg)]
 
     def _ssl_for(self, host: str) -> ssl.SSLContext | bool:
         if host not in self._ssl:
@@ -108,7 +116,7 @@ class RegistryClient:
         if challenge.scheme == "basic":
             if creds is None or not creds.has_basic:
                 raise AuthenticationError(f"{what}: registry {ref.registry} requires credentials")
-            return aiohttp.BasicAuth(creds.username, creds.password).encode()
+            return _basic(creds)
         if challenge.scheme != "bearer":
             raise AuthenticationError(
                 f"{what}: registry {ref.registry} wants auth scheme {challenge.scheme!r}, "
@@ -127,7 +135,7 @@ class RegistryClient:
         )
         try:
             async with self._sess().get(
-                realm, params=params, auth=basic, ssl=self._ssl_for(ref.registry)
+                realm, params=params, headers=token_headers, ssl=self._ssl_for(ref.registry)
             ) as resp:
                 if resp.status in (401, 403):
                     raise AuthenticationError(

@@ -78,6 +78,11 @@ MULTIARCH_PLATFORMS: tuple[tuple[str, str | None], ...] = (
 )
 
 
+def multiarch_tag(arch: str, variant: str | None = None) -> str:
+    """The layout tag of one platform's image in the multi-arch layout (e.g. `armv7`)."""
+    return f"{arch}{variant or ''}"
+
+
 class ImageBuildError(RuntimeError):
     """A tool failed; the message has its command line and output."""
 
@@ -143,7 +148,7 @@ class PushedImage:
     media_type: str  # of that manifest: OCI manifest, OCI index or Docker schema2
     manifest: bytes  # those bytes
     layout: Path  # OCI layout holding the same image, for `umoci unpack`
-    layout_tag: str  # its tag there
+    layout_tag: str  # its tag there (for an index: see `multiarch_tag` to unpack)
     registry_host: str  # "127.0.0.1:PORT"
 
     @property
@@ -302,6 +307,18 @@ class ImageBuilder:
             return None
         return LayoutImage(layout=layout, tag=tag, digest=found[0], media_type=found[1])
 
+    def _start_building(self, layout: Path, tag: str, base: str | None) -> str:
+        """A temporary tag to build `tag` under: new and empty (base None) or a copy of
+        tag `base`. A stale one from a killed run is dropped first."""
+        building = f"building-{tag}"
+        if building in self.tags(layout):
+            run_tool(["umoci", "rm", "--image", f"{layout}:{building}"])
+        if base is None:
+            run_tool(["umoci", "new", "--image", f"{layout}:{building}"])
+        else:
+            run_tool(["umoci", "tag", "--image", f"{layout}:{base}", building])
+        return building
+
     def _finish(self, layout: Path, building: str, tag: str) -> LayoutImage:
         """Rename the temporary tag `building` to `tag`: only complete images get a tag."""
         run_tool(["umoci", "tag", "--image", f"{layout}:{building}", tag])
@@ -338,8 +355,7 @@ class ImageBuilder:
         self._init_layout(self.layout)
         if (done := self._image(self.layout, "busybox")) is not None:
             return done
-        building = "building-busybox"
-        run_tool(["umoci", "new", "--image", f"{self.layout}:{building}"])
+        building = self._start_building(self.layout, "busybox", None)
         bundle = self._fresh_bundle("busybox")
         run_tool(["umoci", "unpack", "--image", f"{self.layout}:{building}", str(bundle)])
         write_busybox_tree(bundle / "rootfs")
@@ -379,9 +395,8 @@ class ImageBuilder:
         base = self.busybox()
         if (done := self._image(self.layout, "multilayer")) is not None:
             return done
-        building = "building-multilayer"
+        building = self._start_building(self.layout, "multilayer", base.tag)
         ref = f"{self.layout}:{building}"
-        run_tool(["umoci", "tag", "--image", base.image_ref, building])
         bundle = self._fresh_bundle("multilayer")
         run_tool(["umoci", "unpack", "--image", ref, str(bundle)])
         rootfs = bundle / "rootfs"
@@ -453,9 +468,9 @@ class ImageBuilder:
         base = self.busybox()
         if (done := self._image(self.layout, "nonroot")) is not None:
             return done
-        building = "building-nonroot"
+        building = self._start_building(self.layout, "nonroot", base.tag)
         argv = [
-            "umoci", "config", "--image", base.image_ref, "--tag", building,
+            "umoci", "config", "--image", f"{self.layout}:{building}",
             "--config.user", "app", "--config.workingdir", "/home/app",
             "--config.entrypoint", "/bin/sh", "--config.entrypoint=-c",
             "--config.cmd", "id -u", "--config.exposedports", "8080/tcp",
@@ -470,7 +485,9 @@ class ImageBuilder:
         """An OCI index (tag `multiarch` in `oci-multiarch/`) over one manifest per
         `MULTIARCH_PLATFORMS` entry: the busybox layer (shared) plus a layer with
         /etc/arch naming the platform; config architecture/os set by umoci. The arm
-        variant (v7) is only in the index: umoci 0.4.7 cannot set a config variant."""
+        variant (v7) is only in the index: umoci 0.4.7 cannot set a config variant.
+        umoci cannot unpack the index tag ("tag is ambiguous"): unpack a platform's own
+        tag in the same layout, `multiarch_tag(arch, variant)` (amd64, arm64, armv7)."""
         return self._cached("multiarch", self._build_multiarch)
 
     def _build_multiarch(self) -> LayoutImage:
@@ -478,28 +495,30 @@ class ImageBuilder:
         self._init_layout(layout)
         if (done := self._image(layout, "multiarch")) is not None:
             return done
-        base = f"{layout}:base"
         if "base" not in self.tags(layout):
-            run_tool(["umoci", "new", "--image", base])
+            building = self._start_building(layout, "base", None)
             bundle = self._fresh_bundle("multiarch-base")
-            run_tool(["umoci", "unpack", "--image", base, str(bundle)])
+            run_tool(["umoci", "unpack", "--image", f"{layout}:{building}", str(bundle)])
             write_busybox_tree(bundle / "rootfs")
-            run_tool(["umoci", "repack", "--image", base, str(bundle)])
-            run_tool(["umoci", "config", "--image", base, "--config.cmd", "sh",
-                      "--config.env", PATH_ENV])  # fmt: skip
+            run_tool(["umoci", "repack", "--image", f"{layout}:{building}", str(bundle)])
+            run_tool(["umoci", "config", "--image", f"{layout}:{building}",
+                      "--config.cmd", "sh", "--config.env", PATH_ENV])  # fmt: skip
             shutil.rmtree(bundle)
+            self._finish(layout, building, "base")
         entries = []
         for arch, variant in MULTIARCH_PLATFORMS:
-            tag = f"{arch}{variant or ''}"
+            tag = multiarch_tag(arch, variant)
             if tag not in self.tags(layout):
+                building = self._start_building(layout, tag, "base")
                 bundle = self._fresh_bundle(f"multiarch-{tag}")
-                run_tool(["umoci", "unpack", "--image", base, str(bundle)])
+                run_tool(["umoci", "unpack", "--image", f"{layout}:{building}", str(bundle)])
                 platform_name = f"linux/{arch}" + (f"/{variant}" if variant else "")
                 (bundle / "rootfs/etc/arch").write_text(platform_name + "\n")
-                run_tool(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)])
-                run_tool(["umoci", "config", "--image", f"{layout}:{tag}",
+                run_tool(["umoci", "repack", "--image", f"{layout}:{building}", str(bundle)])
+                run_tool(["umoci", "config", "--image", f"{layout}:{building}",
                           "--architecture", arch, "--os", "linux"])  # fmt: skip
                 shutil.rmtree(bundle)
+                self._finish(layout, building, tag)
             digest, media_type = self.tags(layout)[tag]
             platform = {"architecture": arch, "os": "linux"}
             if variant:
@@ -615,9 +634,8 @@ class ImageBuilder:
         base = self.busybox()
         if (done := self._image(self.layout, tag)) is not None:
             return done
-        building = f"building-{tag}"
+        building = self._start_building(self.layout, tag, base.tag)
         ref = f"{self.layout}:{building}"
-        run_tool(["umoci", "tag", "--image", base.image_ref, building])
         bundle = self._fresh_bundle(tag)
         run_tool(["umoci", "unpack", "--image", ref, str(bundle)])
         rng = random.Random(size_mb * 1000 + layers)  # reproducible test data

@@ -183,11 +183,12 @@ class Registry:
         *,
         headers: dict[str, str] | None = None,
         auth: bool = True,
+        timeout_s: float = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
         """One request; returns (status, headers with lower-case names, body)."""
         all_headers = dict(self.basic_auth_header() if auth else {})
         all_headers.update(headers or {})
-        conn = self.connection()
+        conn = self.connection(timeout_s)
         try:
             conn.request(method, path, headers=all_headers)
             resp = conn.getresponse()
@@ -287,13 +288,16 @@ class Registry:
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                status, _, _ = self.request("GET", "/v2/", auth=False)
+                # short timeout: whatever else holds our port may accept and never answer
+                status, headers, _ = self.request("GET", "/v2/", auth=False, timeout_s=1.0)
             except (OSError, http.client.HTTPException) as err:
                 last_error = f"{type(err).__name__}: {err}"
             else:
-                if status in (200, 401):
+                api = headers.get("docker-distribution-api-version")
+                # the answer must come from a registry, and ours must still be running
+                if status in (200, 401) and api == "registry/2.0" and self.proc.poll() is None:
                     return
-                last_error = f"GET /v2/ answered {status}"
+                last_error = f"GET /v2/ answered {status} (API version {api!r})"
             time.sleep(0.05)
         raise RegistryError(
             f"docker-registry did not come up on {self.url} within {self.start_timeout_s}s "

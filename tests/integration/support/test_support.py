@@ -1,16 +1,19 @@
 """The image-service test support is trustworthy: real registry, real layers, honest diffs."""
 
 import gzip
+import http.client
 import io
 import json
 import os
+import socket
+import ssl
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from tests.support import registry as registry_module
 from tests.support.images import (
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
@@ -108,23 +111,23 @@ def test_tls_registry_requires_basic_auth(tls_registry: Registry, tls_busybox: P
     assert headers["docker-content-digest"] == tls_busybox.digest == sha256_digest(body)
 
 
-def test_tls_registry_certificate_is_verified(
-    tls_registry: Registry, tls_busybox: PushedImage
-) -> None:
-    """Only clients trusting the test CA get through: skopeo without it fails on the cert."""
-    work_dir = tls_registry.work_dir / "untrusting-client"
-    work_dir.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        [
-            "skopeo", "inspect", "--raw", "--tls-verify=true",
-            f"--creds={tls_registry.username}:{tls_registry.password}",
-            f"docker://{tls_busybox.reference}",
-        ],
-        capture_output=True, text=True, check=False,
-        env={**os.environ, "REGISTRY_AUTH_FILE": str(work_dir / "auth.json")},
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "certificate" in proc.stderr
+def test_tls_registry_certificate_is_verified(tls_registry: Registry) -> None:
+    """The serving cert verifies for 127.0.0.1 against the test CA, and not without it."""
+    context = tls_registry.ssl_context()  # check_hostname on: the IP SAN must match
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_registry.port, context=context)
+    try:
+        conn.request("GET", "/v2/")
+        assert conn.getresponse().status == 401
+    finally:
+        conn.close()
+    untrusting = http.client.HTTPSConnection(
+        "127.0.0.1", tls_registry.port, context=ssl.create_default_context(), timeout=10
+    )
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            untrusting.request("GET", "/v2/")
+    finally:
+        untrusting.close()
 
 
 def test_multilayer_layers_hold_whiteouts_opaque_dir_and_hard_links(
@@ -317,6 +320,23 @@ def test_registry_stops_its_process(require_root: None, tmp_path: Path) -> None:
     with pytest.raises(OSError):
         registry.request("GET", "/v2/")
     registry.stop()  # idempotent
+
+
+def test_registry_retries_when_its_port_was_taken(
+    require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the picked port is taken before the registry binds it, start() tries another."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = iter([taken])
+        real = registry_module.free_loopback_port
+        monkeypatch.setattr(registry_module, "free_loopback_port", lambda: next(ports, real()))
+        with Registry(tmp_path / "reg") as registry:
+            assert registry.port != taken
+            assert registry.request("GET", "/v2/")[0] == 200
+        assert "address already in use" in registry.log_path.read_text()
 
 
 def test_registry_failure_shows_the_log(
