@@ -130,9 +130,9 @@ class RegistryClient:
         params = {"scope": challenge.params.get("scope") or f"repository:{ref.repository}:pull"}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
-        basic = (
-            aiohttp.BasicAuth(creds.username, creds.password) if creds and creds.has_basic else None
-        )
+        token_headers = {}
+        if creds is not None and creds.has_basic:
+            token_headers["Authorization"] = _basic(creds)
         try:
             async with self._sess().get(
                 realm, params=params, headers=token_headers, ssl=self._ssl_for(ref.registry)
