@@ -7,6 +7,7 @@ via the token realm) and retries once; tokens are cached per endpoint and
 repository. Transport failures become typed errors naming the registry.
 """
 
+import base64
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
