@@ -24,6 +24,7 @@ NAME_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.na
 @dataclass(frozen=True)
 class FoundImage:
     names: tuple[str, ...]
+    tag: str | None  # a layout's `org.opencontainers.image.ref.name` when it is only a tag
     manifest: Manifest
     manifest_bytes: bytes
     manifest_digest: Digest
@@ -77,9 +78,11 @@ def oci_layout_images(root: Path, *, platform: Platform, what: str) -> list[Foun
             digest = entry.digest
             if not isinstance(doc, Manifest):
                 raise ImportError_(f"{what}: nested index entry {digest} is not a manifest")
+        ref_name = desc.annotations.get("org.opencontainers.image.ref.name")
         found.append(
             FoundImage(
                 names=tuple(dict.fromkeys(names)),
+                tag=ref_name if ref_name and _full_name(ref_name) is None else None,
                 manifest=doc,
                 manifest_bytes=data,
                 manifest_digest=digest,
@@ -155,6 +158,7 @@ def docker_save_images(root: Path, *, what: str) -> list[FoundImage]:
         found.append(
             FoundImage(
                 names=tuple(names),
+                tag=None,
                 manifest=manifest,
                 manifest_bytes=manifest_bytes,
                 manifest_digest=sha256_of(manifest_bytes),

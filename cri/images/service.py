@@ -403,11 +403,10 @@ class ImageService:
                 f"{what}: neither an OCI image layout (index.json) nor a docker save archive "
                 "(manifest.json)"
             )
+        images = _choose_imports(images, name=name, what=what)
         out = []
         for found in images:
-            names = found.names or ((name,) if name else ())
-            if not names:
-                raise ImportError_(f"{what}: image {found.manifest_digest} has no name; pass one")
+            names = (name,) if name else found.names
             refs = [parse_reference(n) for n in names]
             held: list[Digest] = []
             before_blobs, before_layers = self.content.digests(), self.layers.chain_ids()
@@ -589,3 +588,33 @@ def _extract_archive(path: Path, dest: Path, what: str) -> None:
             tar.extractall(dest, filter="data")
     except (tarfile.TarError, OSError) as err:
         raise ImportError_(f"{what}: cannot read the archive: {err}") from err
+
+
+def _choose_imports(
+    images: list[archive.FoundImage], *, name: str | None, what: str
+) -> list[archive.FoundImage]:
+    """Which images of an archive to import, and refuse what cannot be named.
+
+    With `name`: the archive's only image, or the one whose layout tag equals the
+    tag in `name` (`oci:<layout>:<tag>` convention). Without: every image that
+    names itself; an image known only by a bare tag needs `name`.
+    """
+    if name is not None:
+        if len(images) == 1:
+            return images
+        wanted = parse_reference(name).tag
+        match = [i for i in images if i.tag is not None and i.tag == wanted]
+        if len(match) == 1:
+            return match
+        tags = ", ".join(sorted(i.tag for i in images if i.tag)) or "none"
+        raise ImportError_(
+            f"{what}: the archive holds {len(images)} images; name one whose layout tag matches "
+            f"the tag of {name!r} (layout tags: {tags})"
+        )
+    named = [i for i in images if i.names]
+    if not named:
+        tags = ", ".join(sorted(i.tag for i in images if i.tag)) or "none"
+        raise ImportError_(
+            f"{what}: the archive's images carry no names (layout tags: {tags}); pass a name"
+        )
+    return named
