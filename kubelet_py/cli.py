@@ -46,7 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     cluster_cmds = cluster.add_subparsers(dest="cluster_command", metavar="<action>")
     cluster_cmds.required = True
-    cluster_cmds.add_parser("build", help="build and cache the control-plane binaries, then exit")
+    cluster_cmds.add_parser(
+        "build", help="build and cache the control-plane binaries and crictl, then exit"
+    )
     up = cluster_cmds.add_parser(
         "up", help="start the control plane, print what to try, and run until Ctrl-C"
     )
@@ -87,6 +89,7 @@ def _cmd_version() -> int:
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from kubelet_py.devcluster import DevClusterError, LocalCluster, ensure_binaries
+    from kubelet_py.devcluster.build import ensure_go_tool
     from kubelet_py.devcluster.cluster import cleanup_from_state
 
     try:
@@ -96,7 +99,9 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             return 0
         binaries = ensure_binaries(progress=_progress)
         if args.cluster_command == "build":
+            crictl = ensure_go_tool("crictl", progress=_progress)
             print(binaries.bin_dir)
+            print(crictl)
             return 0
         cluster = LocalCluster(binaries=binaries, work_dir=args.work_dir, progress=_progress)
         with cluster:
