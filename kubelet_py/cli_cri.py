@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cri.images import ImageService
+from cri.runtime.service import RuntimeService
 from cri.server import CRIServer
 from kubelet_py.cli_images import DEFAULT_ROOT, registry_config
 
@@ -25,6 +26,11 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     serve = actions.add_parser("serve", help="serve until SIGTERM or Ctrl-C")
     serve.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="state directory")
     serve.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="unix socket path")
+    serve.add_argument(
+        "--cgroup-parent",
+        default="kubelet-py",
+        help="name of the cgroup made beneath this process's own cgroup for all pods",
+    )
     serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
     serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
     serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
@@ -32,7 +38,11 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 async def _serve(args: argparse.Namespace) -> int:
     images = ImageService(args.root / "images", registry=registry_config(args))
-    server = CRIServer(socket_path=args.socket, images=images)
+    runtime = RuntimeService(
+        args.root / "runtime", images=images, cgroup_parent_name=args.cgroup_parent
+    )
+    await runtime.start()
+    server = CRIServer(socket_path=args.socket, images=images, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,6 +54,7 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             await server.stop()
+        await runtime.close()
         await images.close()
     return 0
 

@@ -12,13 +12,18 @@ import grpc
 from cri_api.v1 import api_pb2_grpc
 
 from cri.images import ImageService
+from cri.runtime.service import RuntimeService
 from cri.server.images_grpc import ImageServiceServicer
+from cri.server.runtime_grpc import RuntimeServiceServicer
 
 
 class CRIServer:
-    def __init__(self, *, socket_path: Path, images: ImageService) -> None:
+    def __init__(
+        self, *, socket_path: Path, images: ImageService, runtime: RuntimeService | None = None
+    ) -> None:
         self.socket_path = socket_path
         self.images = images
+        self.runtime = runtime
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -27,6 +32,9 @@ class CRIServer:
         server = grpc.aio.server()
         servicer = ImageServiceServicer(self.images)
         api_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        if self.runtime is not None:
+            rt = RuntimeServiceServicer(self.runtime)
+            api_pb2_grpc.add_RuntimeServiceServicer_to_server(rt, server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket_path}")
         await server.start()
         self.socket_path.chmod(0o660)

@@ -1,0 +1,220 @@
+"""Starting OCI bundles: conmon as the per-container monitor, an OCI runtime beneath it.
+
+    runtime service ──spawn──▶ conmon (C, ~0.3 MiB, outlives us) ──create──▶ runc
+                                  │ holds the container's stdio, writes the CRI log
+                                  │ (k8s-file format) and, on exit, <exits>/<id>
+                                  ▼
+                              container process
+
+No Python process stays per container. conmon reports the container's PID (or
+the runtime's error) on a sync pipe; `start`, `kill`, `delete` and `exec` go to
+the OCI runtime's CLI directly. The runtime binary is runc by default; crun is
+accepted too (it refuses the hybrid cgroup layout of some machines, and says so).
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri.runtime.errors import ExecutorError, NotFoundError
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+
+class ConmonExecutor:
+    def __init__(self, *, state_dir: Path, runtime: str = "runc", conmon: str = "conmon") -> None:
+        self.runtime = shutil.which(runtime) or runtime
+        self.conmon = shutil.which(conmon) or conmon
+        self.state_dir = state_dir
+        self.runtime_root = state_dir / "oci"
+        self.exits_dir = state_dir / "exits"
+        self.sockets_dir = state_dir / "sockets"
+        for d in (self.runtime_root, self.exits_dir, self.sockets_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _runtime_argv(self, *args: str) -> list[str]:
+        return [self.runtime, f"--root={self.runtime_root}", *args]
+
+    async def _run(self, *args: str, what: str, timeout_s: float = 30.0) -> bytes:
+        proc = await asyncio.create_subprocess_exec(
+            *self._runtime_argv(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise ExecutorError(f"{what}: {Path(self.runtime).name} timed out") from exc
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            if "does not exist" in text or "not exist" in text:
+                raise NotFoundError(f"{what}: {text}")
+            raise ExecutorError(f"{what}: {Path(self.runtime).name} failed: {text}")
+        return out
+
+    async def create(
+        self,
+        *,
+        container_id: str,
+        bundle: Path,
+        log_path: Path,
+        name: str,
+        tty: bool = False,
+        stdin: bool = False,
+    ) -> int:
+        """Create the container under a new conmon; return the container's host PID."""
+        read_fd, write_fd = os.pipe()
+        persist = bundle.parent / "persist"
+        persist.mkdir(exist_ok=True)
+        argv = [
+            self.conmon,
+            "--api-version", "1",
+            "-c", container_id,
+            "-u", container_id,
+            "-n", name,
+            "-r", self.runtime,
+            "--runtime-arg", f"--root={self.runtime_root}",
+            "-b", str(bundle),
+            "-p", str(bundle.parent / "pidfile"),
+            "-P", str(bundle.parent / "conmon.pid"),
+            "-l", f"k8s-file:{log_path}",
+            "--exit-dir", str(self.exits_dir),
+            "--persist-dir", str(persist),
+            "--socket-dir-path", str(self.sockets_dir),
+            "--log-level", "error",
+        ]  # fmt: skip
+        if tty:
+            argv.append("--terminal")
+        if stdin:
+            argv += ["--stdin", "--leave-stdin-open"]
+        env = {"_OCI_SYNCPIPE": str(write_fd), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                cwd=bundle.parent,  # conmon drops files (e.g. "oom") into its working dir
+            )
+        finally:
+            os.close(write_fd)
+        try:
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(None, _read_first_line, read_fd)
+        finally:
+            os.close(read_fd)
+        _, err = await proc.communicate()
+        what = f"creating container {container_id[:12]} ({name})"
+        if not data:
+            raise ExecutorError(f"{what}: conmon exited without a result: {err.decode().strip()}")
+        for line in data.decode(errors="replace").splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            pid = int(msg.get("data", -1))
+            if pid > 0:
+                return pid
+            raise ExecutorError(f"{what}: {msg.get('message') or 'runtime create failed'}")
+        raise ExecutorError(f"{what}: unreadable conmon answer {data!r}")
+
+    async def start(self, container_id: str) -> None:
+        await self._run("start", container_id, what=f"starting container {container_id[:12]}")
+
+    async def kill(self, container_id: str, sig: int, *, all_processes: bool = False) -> None:
+        args = ["kill"]
+        if all_processes:
+            args.append("--all")
+        await self._run(
+            *args, container_id, str(sig), what=f"signalling container {container_id[:12]}"
+        )
+
+    async def delete(self, container_id: str) -> None:
+        try:
+            await self._run(
+                "delete", "--force", container_id, what=f"deleting container {container_id[:12]}"
+            )
+        except NotFoundError:
+            pass
+
+    def exit_code(self, container_id: str) -> tuple[int, float] | None:
+        """(exit code, exit time) once conmon has recorded the container's exit."""
+        path = self.exits_dir / container_id
+        try:
+            text = path.read_text().strip()
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if not text:
+            return None
+        return int(text), mtime
+
+    def forget_exit(self, container_id: str) -> None:
+        (self.exits_dir / container_id).unlink(missing_ok=True)
+
+    async def exec_sync(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        timeout_s: float,
+        user: str | None = None,
+        env: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        args = ["exec"]
+        if user:
+            args += ["--user", user]
+        if cwd:
+            args += ["--cwd", cwd]
+        for item in env or []:
+            args += ["--env", item]
+        args += [container_id, *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *self._runtime_argv(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(), timeout_s if timeout_s > 0 else None
+            )
+        except TimeoutError:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = await proc.communicate()
+            return ExecResult(exit_code=-1, stdout=out, stderr=err, timed_out=True)
+        assert proc.returncode is not None
+        return ExecResult(exit_code=proc.returncode, stdout=out, stderr=err)
+
+
+def _read_first_line(fd: int) -> bytes:
+    """conmon writes one JSON line per event and keeps the pipe open: read just the first."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data

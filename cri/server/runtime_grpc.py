@@ -1,0 +1,456 @@
+"""`runtime.v1.RuntimeService` over `cri.runtime.RuntimeService`.
+
+Requests become typed model objects here (the edge), replies are built from
+records. Calls we do not implement yet answer UNIMPLEMENTED with a sentence,
+never a crash. Streaming calls (Exec, Attach, PortForward) need the streaming
+server and answer UNIMPLEMENTED until it lands.
+"""
+
+import json
+import time
+from typing import Any
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from cri.runtime import model
+from cri.runtime.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    RuntimeServiceError,
+)
+from cri.runtime.service import RUNTIME_NAME, RUNTIME_VERSION, RuntimeService
+from cri.runtime.state import ContainerRecord, SandboxRecord
+
+
+def _code(err: RuntimeServiceError) -> grpc.StatusCode:
+    if isinstance(err, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(err, AlreadyExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(err, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(err, FailedPreconditionError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.UNKNOWN
+
+
+def _ns_options(opt: Any) -> model.NamespaceOptions:
+    return model.NamespaceOptions(
+        network=model.NamespaceMode(opt.network),
+        pid=model.NamespaceMode(opt.pid),
+        ipc=model.NamespaceMode(opt.ipc),
+    )
+
+
+def sandbox_config_from(pb: Any) -> model.SandboxConfig:
+    linux = pb.linux
+    sec = linux.security_context
+    return model.SandboxConfig(
+        name=pb.metadata.name,
+        uid=pb.metadata.uid,
+        namespace=pb.metadata.namespace,
+        attempt=pb.metadata.attempt,
+        hostname=pb.hostname,
+        log_directory=pb.log_directory,
+        dns=model.DNSConfig(
+            servers=tuple(pb.dns_config.servers),
+            searches=tuple(pb.dns_config.searches),
+            options=tuple(pb.dns_config.options),
+        ),
+        port_mappings=tuple(
+            model.PortMapping(
+                protocol=api_pb2.Protocol.Name(p.protocol),
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip,
+            )
+            for p in pb.port_mappings
+        ),
+        labels=dict(pb.labels),
+        annotations=dict(pb.annotations),
+        cgroup_parent=linux.cgroup_parent,
+        namespace_options=_ns_options(sec.namespace_options),
+        sysctls=dict(linux.sysctls),
+    )
+
+
+def _seccomp(sec: Any) -> model.SeccompProfile:
+    if sec.HasField("seccomp"):
+        kind = {0: "RuntimeDefault", 1: "Unconfined", 2: "Localhost"}[sec.seccomp.profile_type]
+        return model.SeccompProfile(kind=kind, localhost_path=sec.seccomp.localhost_ref)
+    path = sec.seccomp_profile_path
+    if path == "runtime/default" or path == "docker/default":
+        return model.SeccompProfile(kind="RuntimeDefault")
+    if path.startswith("localhost/"):
+        return model.SeccompProfile(kind="Localhost", localhost_path=path[len("localhost/") :])
+    return model.SeccompProfile()
+
+
+def container_config_from(pb: Any) -> model.ContainerConfig:
+    res = pb.linux.resources
+    sec = pb.linux.security_context
+    return model.ContainerConfig(
+        name=pb.metadata.name,
+        attempt=pb.metadata.attempt,
+        image=pb.image.image,
+        command=tuple(pb.command),
+        args=tuple(pb.args),
+        working_dir=pb.working_dir,
+        envs=tuple((kv.key, kv.value) for kv in pb.envs),
+        mounts=tuple(
+            model.Mount(
+                container_path=m.container_path,
+                host_path=m.host_path,
+                readonly=m.readonly,
+                propagation=model.MountPropagation(m.propagation),
+            )
+            for m in pb.mounts
+        ),
+        labels=dict(pb.labels),
+        annotations=dict(pb.annotations),
+        log_path=pb.log_path,
+        stdin=pb.stdin,
+        stdin_once=pb.stdin_once,
+        tty=pb.tty,
+        resources=model.Resources(
+            cpu_period=res.cpu_period,
+            cpu_quota=res.cpu_quota,
+            cpu_shares=res.cpu_shares,
+            memory_limit_bytes=res.memory_limit_in_bytes,
+            oom_score_adj=res.oom_score_adj,
+        ),
+        security=model.SecurityContext(
+            privileged=sec.privileged,
+            run_as_user=sec.run_as_user.value if sec.HasField("run_as_user") else None,
+            run_as_username=sec.run_as_username,
+            run_as_group=sec.run_as_group.value if sec.HasField("run_as_group") else None,
+            supplemental_groups=tuple(sec.supplemental_groups),
+            readonly_rootfs=sec.readonly_rootfs,
+            no_new_privs=sec.no_new_privs,
+            capabilities=model.Capabilities(
+                add=tuple(sec.capabilities.add_capabilities),
+                drop=tuple(sec.capabilities.drop_capabilities),
+            ),
+            namespace_options=_ns_options(sec.namespace_options),
+            seccomp=_seccomp(sec),
+            masked_paths=tuple(sec.masked_paths) or None,
+            readonly_paths=tuple(sec.readonly_paths) or None,
+        ),
+        stop_signal=api_pb2.Signal.Name(pb.stop_signal) if pb.stop_signal else "",
+    )
+
+
+def _sandbox_meta(r: SandboxRecord) -> Any:
+    return api_pb2.PodSandboxMetadata(
+        name=r.name, uid=r.uid, namespace=r.namespace, attempt=r.attempt
+    )
+
+
+def _sandbox_state(r: SandboxRecord) -> Any:
+    return api_pb2.PodSandboxState.Value(r.state)
+
+
+def _container_state(r: ContainerRecord) -> Any:
+    return api_pb2.ContainerState.Value(r.state)
+
+
+class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, runtime: RuntimeService) -> None:
+        self.rt = runtime
+
+    async def _guard(self, context: Any, coro: Any) -> Any:
+        try:
+            return await coro
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+
+    async def Version(self, request: Any, context: Any) -> Any:
+        return api_pb2.VersionResponse(
+            version="0.1.0",
+            runtime_name=RUNTIME_NAME,
+            runtime_version=RUNTIME_VERSION,
+            runtime_api_version="v1",
+        )
+
+    async def Status(self, request: Any, context: Any) -> Any:
+        net_ok, net_msg = self.rt.network_status()
+        conditions = [
+            api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
+            api_pb2.RuntimeCondition(
+                type="NetworkReady",
+                status=net_ok,
+                reason="" if net_ok else "NetworkPluginNotReady",
+                message="" if net_ok else net_msg,
+            ),
+        ]
+        info = {"config": json.dumps(self.rt.status_info())} if request.verbose else {}
+        return api_pb2.StatusResponse(
+            status=api_pb2.RuntimeStatus(conditions=conditions), info=info
+        )
+
+    async def RuntimeConfig(self, request: Any, context: Any) -> Any:
+        return api_pb2.RuntimeConfigResponse(
+            linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CgroupDriver.CGROUPFS)
+        )
+
+    async def UpdateRuntimeConfig(self, request: Any, context: Any) -> Any:
+        return api_pb2.UpdateRuntimeConfigResponse()
+
+    # ---- sandboxes ----
+
+    async def RunPodSandbox(self, request: Any, context: Any) -> Any:
+        sandbox_id = await self._guard(
+            context, self.rt.run_pod_sandbox(sandbox_config_from(request.config))
+        )
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def StopPodSandbox(self, request: Any, context: Any) -> Any:
+        await self._guard(context, self.rt.stop_pod_sandbox(request.pod_sandbox_id))
+        return api_pb2.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(self, request: Any, context: Any) -> Any:
+        await self._guard(context, self.rt.remove_pod_sandbox(request.pod_sandbox_id))
+        return api_pb2.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(self, request: Any, context: Any) -> Any:
+        try:
+            r = self.rt.sandbox(request.pod_sandbox_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        status = api_pb2.PodSandboxStatus(
+            id=r.id,
+            metadata=_sandbox_meta(r),
+            state=_sandbox_state(r),
+            created_at=r.created_at_ns,
+            network=api_pb2.PodSandboxNetworkStatus(ip=r.pod_ip),
+            labels=r.labels,
+            annotations=r.annotations,
+        )
+        ns = status.linux.namespaces.options
+        ns.network = api_pb2.NamespaceMode.NODE if r.host_network else api_pb2.NamespaceMode.POD
+        ns.pid = api_pb2.NamespaceMode.NODE if r.host_pid else api_pb2.NamespaceMode.CONTAINER
+        ns.ipc = api_pb2.NamespaceMode.NODE if r.host_ipc else api_pb2.NamespaceMode.POD
+        return api_pb2.PodSandboxStatusResponse(status=status)
+
+    async def ListPodSandbox(self, request: Any, context: Any) -> Any:
+        f = request.filter
+        items = []
+        for r in self.rt.sandboxes():
+            if f.id and not r.id.startswith(f.id):
+                continue
+            if f.HasField("state") and _sandbox_state(r) != f.state.state:
+                continue
+            if any(r.labels.get(k) != v for k, v in f.label_selector.items()):
+                continue
+            items.append(
+                api_pb2.PodSandbox(
+                    id=r.id, metadata=_sandbox_meta(r), state=_sandbox_state(r),
+                    created_at=r.created_at_ns, labels=r.labels, annotations=r.annotations,
+                )
+            )  # fmt: skip
+        return api_pb2.ListPodSandboxResponse(items=items)
+
+    # ---- containers ----
+
+    async def CreateContainer(self, request: Any, context: Any) -> Any:
+        container_id = await self._guard(
+            context,
+            self.rt.create_container(request.pod_sandbox_id, container_config_from(request.config)),
+        )
+        return api_pb2.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(self, request: Any, context: Any) -> Any:
+        await self._guard(context, self.rt.start_container(request.container_id))
+        return api_pb2.StartContainerResponse()
+
+    async def StopContainer(self, request: Any, context: Any) -> Any:
+        await self._guard(
+            context, self.rt.stop_container(request.container_id, timeout_s=float(request.timeout))
+        )
+        return api_pb2.StopContainerResponse()
+
+    async def RemoveContainer(self, request: Any, context: Any) -> Any:
+        await self._guard(context, self.rt.remove_container(request.container_id))
+        return api_pb2.RemoveContainerResponse()
+
+    def _container_pb(self, r: ContainerRecord) -> Any:
+        return api_pb2.Container(
+            id=r.id,
+            pod_sandbox_id=r.sandbox_id,
+            metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
+            image=api_pb2.ImageSpec(image=r.image),
+            image_ref=r.image_ref,
+            image_id=r.image_id,
+            state=_container_state(r),
+            created_at=r.created_at_ns,
+            labels=r.labels,
+            annotations=r.annotations,
+        )
+
+    async def ListContainers(self, request: Any, context: Any) -> Any:
+        f = request.filter
+        out = []
+        for r in self.rt.containers():
+            if f.id and not r.id.startswith(f.id):
+                continue
+            if f.pod_sandbox_id and not r.sandbox_id.startswith(f.pod_sandbox_id):
+                continue
+            if f.HasField("state") and _container_state(r) != f.state.state:
+                continue
+            if any(r.labels.get(k) != v for k, v in f.label_selector.items()):
+                continue
+            out.append(self._container_pb(r))
+        return api_pb2.ListContainersResponse(containers=out)
+
+    async def ContainerStatus(self, request: Any, context: Any) -> Any:
+        try:
+            r = self.rt.container(request.container_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        uid = r.user.split(":")[0]
+        status = api_pb2.ContainerStatus(
+            id=r.id,
+            metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
+            state=_container_state(r),
+            created_at=r.created_at_ns,
+            started_at=r.started_at_ns,
+            finished_at=r.finished_at_ns,
+            exit_code=r.exit_code,
+            image=api_pb2.ImageSpec(image=r.image),
+            image_ref=r.image_ref,
+            image_id=r.image_id,
+            reason=r.reason,
+            message=r.message,
+            labels=r.labels,
+            annotations=r.annotations,
+            log_path=r.log_path,
+            mounts=[
+                api_pb2.Mount(
+                    container_path=m["container_path"], host_path=m["host_path"],
+                    readonly=m["readonly"], propagation=m["propagation"],
+                )
+                for m in r.mounts
+            ],
+        )  # fmt: skip
+        if uid.isdigit():
+            status.user.linux.uid = int(uid)
+            status.user.linux.gid = int(r.user.split(":")[1])
+        return api_pb2.ContainerStatusResponse(status=status)
+
+    async def UpdateContainerResources(self, request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "UpdateContainerResources is not implemented yet by kubelet-py's runtime",
+        )
+
+    async def ReopenContainerLog(self, request: Any, context: Any) -> Any:
+        try:
+            self.rt.reopen_log(request.container_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        return api_pb2.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: Any, context: Any) -> Any:
+        result = await self._guard(
+            context,
+            self.rt.exec_sync(
+                request.container_id, list(request.cmd), timeout_s=float(request.timeout)
+            ),
+        )
+        if result.timed_out:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"command {list(request.cmd)} timed out after {request.timeout}s",
+            )
+        return api_pb2.ExecSyncResponse(
+            stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
+        )
+
+    def _stats_pb(self, r: ContainerRecord) -> Any:
+        s = self.rt.stats(r.id)
+        now = time.time_ns()
+        stats = api_pb2.ContainerStats(
+            attributes=api_pb2.ContainerAttributes(
+                id=r.id,
+                metadata=api_pb2.ContainerMetadata(name=r.name, attempt=r.attempt),
+                labels=r.labels,
+                annotations=r.annotations,
+            )
+        )
+        if s is not None:
+            stats.cpu.timestamp = now
+            stats.cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+            stats.memory.timestamp = now
+            stats.memory.working_set_bytes.value = s.memory_working_set_bytes
+            stats.memory.usage_bytes.value = s.memory_usage_bytes
+        return stats
+
+    async def ContainerStats(self, request: Any, context: Any) -> Any:
+        try:
+            r = self.rt.container(request.container_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        return api_pb2.ContainerStatsResponse(stats=self._stats_pb(r))
+
+    async def ListContainerStats(self, request: Any, context: Any) -> Any:
+        f = request.filter
+        out = []
+        for r in self.rt.containers():
+            if f.id and not r.id.startswith(f.id):
+                continue
+            if f.pod_sandbox_id and not r.sandbox_id.startswith(f.pod_sandbox_id):
+                continue
+            if any(r.labels.get(k) != v for k, v in f.label_selector.items()):
+                continue
+            out.append(self._stats_pb(r))
+        return api_pb2.ListContainerStatsResponse(stats=out)
+
+    async def PodSandboxStats(self, request: Any, context: Any) -> Any:
+        try:
+            r = self.rt.sandbox(request.pod_sandbox_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        return api_pb2.PodSandboxStatsResponse(stats=self._pod_stats_pb(r))
+
+    def _pod_stats_pb(self, r: SandboxRecord) -> Any:
+        stats = api_pb2.PodSandboxStats(
+            attributes=api_pb2.PodSandboxAttributes(
+                id=r.id, metadata=_sandbox_meta(r), labels=r.labels, annotations=r.annotations
+            )
+        )
+        s = self.rt.pod_stats(r.id)
+        now = time.time_ns()
+        if s is not None:
+            stats.linux.cpu.timestamp = now
+            stats.linux.cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+            stats.linux.memory.timestamp = now
+            stats.linux.memory.working_set_bytes.value = s.memory_working_set_bytes
+            stats.linux.memory.usage_bytes.value = s.memory_usage_bytes
+        stats.linux.containers.extend(
+            self._stats_pb(c) for c in self.rt.containers() if c.sandbox_id == r.id
+        )
+        return stats
+
+    async def ListPodSandboxStats(self, request: Any, context: Any) -> Any:
+        f = request.filter
+        out = [
+            self._pod_stats_pb(r)
+            for r in self.rt.sandboxes()
+            if (not f.id or r.id.startswith(f.id))
+            and all(r.labels.get(k) == v for k, v in f.label_selector.items())
+        ]
+        return api_pb2.ListPodSandboxStatsResponse(stats=out)
+
+    async def Exec(self, request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "streaming exec is not implemented yet (use ExecSync)"
+        )
+
+    async def Attach(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "attach is not implemented yet")
+
+    async def PortForward(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "port-forward is not implemented yet")
