@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kubelet_py import __version__, cli_cri, cli_images
+from kubelet_py import __version__
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubelet-py",
         description=(
@@ -70,14 +70,29 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
     )
-    cli_images.add_parser(commands)
-    cli_cri.add_parser(commands)
+    _add_lazy_parsers(commands, argv[0] if argv else "")
 
     down = cluster_cmds.add_parser(
         "down", help="clean up a cluster whose `up` process was killed (by its work dir)"
     )
     down.add_argument("--work-dir", type=Path, required=True)
     return parser
+
+
+def _add_lazy_parsers(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", wanted: str
+) -> None:
+    # Each command's module (and its heavy imports: aiohttp, grpc) loads only when it runs
+    # or when --help is asked for; `images pull` does not pay for the gRPC stack.
+    from kubelet_py import cli_images
+
+    cli_images.add_parser(commands)
+    if wanted in ("cri", "-h", "--help", ""):
+        from kubelet_py import cli_cri
+
+        cli_cri.add_parser(commands)
+    else:
+        commands.add_parser("cri", help="serve the CRI v1 gRPC API on a unix socket")
 
 
 def _cmd_version() -> int:
@@ -149,7 +164,8 @@ def _wait_for_signal() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -159,8 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "cluster":
         return _cmd_cluster(args)
     if args.command == "images":
+        from kubelet_py import cli_images
+
         return cli_images.run(args)
     if args.command == "cri":
+        from kubelet_py import cli_cri
+
         return cli_cri.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
