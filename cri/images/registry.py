@@ -223,9 +223,7 @@ class RegistryClient:
                 async with resp:
                     if resp.status != 200:
                         self._raise_for(resp, base=base, what=what, kind="manifest")
-                    data = await resp.content.read(_MAX_MANIFEST_BYTES + 1)
-                    if len(data) > _MAX_MANIFEST_BYTES:
-                        raise PullError(f"{what}: manifest larger than {_MAX_MANIFEST_BYTES} bytes")
+                    data = await _read_body(resp, limit=_MAX_MANIFEST_BYTES, what=what)
                     media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             except PullError as err:
                 errors.append(err)
@@ -287,3 +285,24 @@ async def _stream(resp: aiohttp.ClientResponse, *, what: str) -> AsyncIterator[b
         ) from err
     finally:
         resp.release()
+
+
+async def _read_body(resp: aiohttp.ClientResponse, *, limit: int, what: str) -> bytes:
+    """The whole body (not just what has arrived so far), checked against Content-Length."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise PullError(f"{what}: manifest larger than {limit} bytes")
+            chunks.append(chunk)
+    except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        raise IncompleteDownloadError(
+            f"{what}: manifest download broke off: {err or type(err).__name__}"
+        ) from err
+    if resp.content_length is not None and size != resp.content_length:
+        raise IncompleteDownloadError(
+            f"{what}: manifest ended after {size} of {resp.content_length} bytes"
+        )
+    return b"".join(chunks)

@@ -305,9 +305,15 @@ class ImageService:
                 task.add_done_callback(lambda _t: self._layer_tasks.pop(chain, None))
             await asyncio.shield(task)
 
-        async with asyncio.TaskGroup() as tg:
-            for i in range(len(manifest.layers)):
-                tg.create_task(one_layer(i), name=f"pull-layer-{i}")
+        # Wait for every layer, failed or not, before deciding: a layer still in flight
+        # must not commit content after the pull has rolled back. Then raise the first
+        # error as itself (a TaskGroup would wrap it in an ExceptionGroup).
+        results = await asyncio.gather(
+            *(one_layer(i) for i in range(len(manifest.layers))), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
         now = self._clock()
         unpacked = 0

@@ -113,6 +113,9 @@ class ContentStore:
                 offset = 0
             else:
                 await asyncio.to_thread(_hash_file, partial, hasher)
+        if offset == size:
+            # Everything arrived before a crash, but was never committed: just verify.
+            return await self._commit(partial, digest, hasher, what=what)
         try:
             try:
                 stream = await fetch(offset)
@@ -145,9 +148,14 @@ class ContentStore:
             raise IncompleteDownloadError(
                 f"{what}: download of blob {digest} ended after {written} of {size} bytes"
             )
+        return await self._commit(partial, digest, hasher, what=what)
+
+    async def _commit(
+        self, partial: Path, digest: Digest, hasher: "hashlib._Hash", *, what: str
+    ) -> Path:
         actual = Digest("sha256:" + hasher.hexdigest())
         if actual != digest:
-            partial.unlink(missing_ok=True)
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
             raise DigestMismatchError(
                 f"{what}: downloaded blob has digest {actual}, expected {digest}"
             )
