@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cri.images import ImageService
+from cri.images.digest import Digest
 from cri.runtime.service import RuntimeService
 from cri.server import CRIServer
 from kubelet_py.cli_images import DEFAULT_ROOT, registry_config
@@ -41,6 +42,7 @@ async def _serve(args: argparse.Namespace) -> int:
     runtime = RuntimeService(
         args.root / "runtime", images=images, cgroup_parent_name=args.cgroup_parent
     )
+    images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()
     server = CRIServer(socket_path=args.socket, images=images, runtime=runtime)
     stop = asyncio.Event()

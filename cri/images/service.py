@@ -115,6 +115,10 @@ class ImageService:
     async def close(self) -> None:
         await self.registry.close()
 
+    def set_in_use(self, in_use: Callable[[], Collection[Digest]]) -> None:
+        """Say which images back containers (the runtime is made after the image service)."""
+        self._in_use = in_use
+
     # ---- lookups ---------------------------------------------------------------
 
     def list_images(self) -> list[ImageRecord]:
