@@ -8,10 +8,12 @@ repository. Transport failures become typed errors naming the registry.
 """
 
 import base64
+import hashlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -63,6 +65,13 @@ class FetchedManifest:
     endpoint: str
 
 
+def _creds_key(creds: Credentials | None) -> str:
+    if creds is None:
+        return ""
+    raw = "\0".join((creds.username, creds.password, creds.identity_token, creds.registry_token))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
 def _basic(creds: Credentials) -> str:
     raw = f"{creds.username}:{creds.password}".encode()
     return "Basic " + base64.b64encode(raw).decode()
@@ -80,7 +89,9 @@ class RegistryClient:
             total=None, sock_connect=connect_timeout_s, sock_read=60
         )
         self._session: aiohttp.ClientSession | None = None
-        self._auth: dict[tuple[str, str], str] = {}
+        # Cached Authorization headers, per endpoint, repository *and credentials*: a pull
+        # must never ride on a token or Basic header that another caller's secret earned.
+        self._auth: dict[tuple[str, str, str], str] = {}
         self._ssl: dict[str, ssl.SSLContext | bool] = {}
 
     async def close(self) -> None:
@@ -99,6 +110,11 @@ class RegistryClient:
         cfg = self.config.for_host(host)
         mirrors = [m.rstrip("/") for m in cfg.mirrors]
         return mirrors if cfg.mirrors_only and mirrors else [*mirrors, _origin(host, cfg)]
+
+    def _realm_ssl(self, realm: str, registry_host: str) -> ssl.SSLContext | bool:
+        """The registry's TLS settings apply to its token realm only on the same host."""
+        realm_host = urlsplit(realm).netloc
+        return self._ssl_for(registry_host) if realm_host == registry_host else True
 
     def _ssl_for(self, host: str) -> ssl.SSLContext | bool:
         if host not in self._ssl:
@@ -136,7 +152,10 @@ class RegistryClient:
             token_headers["Authorization"] = _basic(creds)
         try:
             async with self._sess().get(
-                realm, params=params, headers=token_headers, ssl=self._ssl_for(ref.registry)
+                realm,
+                params=params,
+                headers=token_headers,
+                ssl=self._realm_ssl(realm, ref.registry),
             ) as resp:
                 if resp.status in (401, 403):
                     raise AuthenticationError(
@@ -146,7 +165,12 @@ class RegistryClient:
                     raise AuthenticationError(
                         f"{what}: token service {realm} answered {resp.status}"
                     )
-                body = await resp.json(content_type=None)
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError as err:
+                    raise AuthenticationError(
+                        f"{what}: token service {realm} answered something that is not JSON"
+                    ) from err
         except aiohttp.ClientError as err:
             raise RegistryUnreachableError(f"{what}: token service {realm}: {err}") from err
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
@@ -165,7 +189,7 @@ class RegistryClient:
         what: str,
     ) -> aiohttp.ClientResponse:
         url = f"{base}/v2/{ref.repository}/{path}"
-        key = (base, ref.repository)
+        key = (base, ref.repository, _creds_key(creds))
         for attempt in (1, 2):
             send = dict(headers)
             if key in self._auth:

@@ -2,12 +2,16 @@
 
 `Registry` writes its own config.yml, starts `docker-registry serve` on 127.0.0.1 at a
 free port in the root network namespace, waits until `GET /v2/` answers, and stops the
-one process it started, by PID. Two modes:
+one process it started, by PID. Three modes:
 
 - plain HTTP, no auth (`Registry(work_dir)`);
 - HTTPS with htpasswd basic auth (`Registry(work_dir, username="u", password="p")`): the
   serving certificate comes from a fresh test CA whose PEM is at `ca_path` (and alone in
-  `cert_dir`, the layout skopeo's `--*-cert-dir` expects).
+  `cert_dir`, the layout skopeo's `--*-cert-dir` expects);
+- plain HTTP with bearer-token auth (`Registry(work_dir, token_auth=TokenAuth(...))`,
+  distribution's `auth: token:`): every request needs a JWT from the token service at
+  `realm`, signed by a key whose certificate chains to `root_cert_bundle` (see
+  tests/support/tokenserver.py).
 
 Nothing listens anywhere but 127.0.0.1: no debug server, no notifications, no redirects,
 no upload purging, no proxy mode.
@@ -22,6 +26,7 @@ import subprocess
 import time
 from base64 import b64encode
 from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +39,16 @@ from kubelet_py.devcluster.pki import CertificateAuthority
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """distribution's `auth: token:` settings: where clients get tokens, and whose to trust."""
+
+    realm: str
+    service: str
+    issuer: str
+    root_cert_bundle: Path
 
 
 class RegistryError(RuntimeError):
@@ -63,13 +78,17 @@ class Registry:
         username: str | None = None,
         password: str | None = None,
         start_timeout_s: float = 30.0,
+        token_auth: TokenAuth | None = None,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both username and password (TLS + basic auth) or neither")
+        if token_auth is not None and username is not None:
+            raise ValueError("token_auth and htpasswd (username/password) exclude each other")
         self.work_dir = work_dir
         self.username = username
         self.password = password
         self.tls = username is not None
+        self.token_auth = token_auth
         self.start_timeout_s = start_timeout_s
         self.storage_dir = work_dir / "storage"
         self.config_path = work_dir / "config.yml"
@@ -260,6 +279,15 @@ class Registry:
         }
         if htpasswd is not None:
             config["auth"] = {"htpasswd": {"realm": "test-registry", "path": str(htpasswd)}}
+        elif self.token_auth is not None:
+            config["auth"] = {
+                "token": {
+                    "realm": self.token_auth.realm,
+                    "service": self.token_auth.service,
+                    "issuer": self.token_auth.issuer,
+                    "rootcertbundle": str(self.token_auth.root_cert_bundle),
+                }
+            }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _spawn(self) -> None:
