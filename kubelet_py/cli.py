@@ -87,6 +87,12 @@ def _add_lazy_parsers(
     from kubelet_py import cli_images
 
     cli_images.add_parser(commands)
+    if wanted in ("node", "-h", "--help", ""):
+        from kubelet_py import cli_node
+
+        cli_node.add_parser(commands)
+    else:
+        commands.add_parser("node", help="run the node agent")
     if wanted in ("cri", "-h", "--help", ""):
         from kubelet_py import cli_cri
 
@@ -182,5 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubelet_py import cli_cri
 
         return cli_cri.run(args)
+    if args.command == "node":
+        from kubelet_py import cli_node
+
+        return cli_node.run(args)
     parser.error(f"unknown command {args.command}")
     return 2

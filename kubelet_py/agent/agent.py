@@ -1,0 +1,334 @@
+"""The node agent assembled: runtime, sources, pod workers, node status, lease.
+
+`Agent.run()` runs everything under one TaskGroup with named tasks; cancelling
+it stops the agent and leaves containers running (they belong to the runtime,
+which re-adopts them next time). With `embedded_runtime` the agent also serves
+kubelet-py's own CRI runtime in-process on its socket; otherwise it talks to
+whichever CRI runtime listens on `cri_socket` (containerd works too).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
+from kubelet_py.agent.cri_client import CRIError, GrpcCRI
+from kubelet_py.agent.criconfig import POD_UID
+from kubelet_py.agent.events import EventRecorder
+from kubelet_py.agent.model import Pod
+from kubelet_py.agent.node import NodeManager, NodeSettings
+from kubelet_py.agent.plan import Backoff
+from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
+from kubelet_py.agent.volumes import VolumeManager
+from kubelet_py.agent.worker import NodeContext, PodWorker
+
+log = logging.getLogger("kubelet_py.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    node_ip: str
+    root: Path = Path("/var/lib/kubelet-py")
+    kubeconfig: Path | None = None
+    static_pod_path: Path | None = None
+    cri_socket: Path = Path("/run/kubelet-py/cri.sock")
+    embedded_runtime: bool = True
+    cgroup_parent: str = "kubelet-py"
+    cluster_dns: tuple[str, ...] = ()
+    cluster_domain: str = "cluster.local"
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    register_with_taints: tuple[Mapping[str, str], ...] = ()
+    max_pods: int = 110
+    network_mode: str = "loopback"  # "loopback" until CNI (issue 7): pods get lo only
+    plain_http_registries: tuple[str, ...] = ()
+    pleg_period_s: float = 1.0
+
+
+def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    servers: list[str] = []
+    searches: list[str] = []
+    options: list[str] = []
+    try:
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "nameserver":
+                servers += parts[1:2]
+            elif parts[0] == "search":
+                searches = parts[1:]
+            elif parts[0] == "options":
+                options += parts[1:]
+    except OSError:
+        pass
+    return tuple(servers), tuple(searches), tuple(options)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.api: ApiClient | None = (
+            ApiClient(load_kubeconfig(config.kubeconfig)) if config.kubeconfig else None
+        )
+        self.cri = GrpcCRI(str(config.cri_socket))
+        self.events = EventRecorder(self.api, node_name=config.node_name)
+        self.volumes = VolumeManager(config.root, api=self.api, node_name=config.node_name)
+        self.backoff = Backoff()
+        self.node_ctx = NodeContext(
+            node_name=config.node_name,
+            host_ip=config.node_ip,
+            root=config.root,
+            log_root=config.root / "logs" / "pods",
+            cluster_dns=config.cluster_dns,
+            cluster_domain=config.cluster_domain,
+            host_resolv=_host_resolv(),
+        )
+        self.workers: dict[str, PodWorker] = {}
+        self.worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._runtime: Any = None
+        self._server: Any = None
+        self.ready = asyncio.Event()
+
+    # ---- pod manager ---------------------------------------------------------------
+
+    def upsert(self, pod: Pod) -> None:
+        worker = self.workers.get(pod.uid)
+        if worker is not None:
+            worker.update(pod)
+            return
+        worker = PodWorker(
+            pod,
+            cri=self.cri,
+            api=self.api,
+            volumes=self.volumes,
+            events=self.events,
+            node=self.node_ctx,
+            backoff=self.backoff,
+            on_terminated=self._forget,
+        )
+        self.workers[pod.uid] = worker
+        assert self._tg is not None
+        self.worker_tasks[pod.uid] = self._tg.create_task(worker.run(), name=f"pod:{pod.full_name}")
+
+    def remove(self, uid: str) -> None:
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.remove()
+
+    def _resend_status(self, uid: str) -> None:
+        """A new mirror pod starts without status: make the worker send it again."""
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.last_status = None
+            worker.wake.set()
+
+    def _forget(self, uid: str) -> None:
+        self.workers.pop(uid, None)
+        self.worker_tasks.pop(uid, None)
+
+    def report_static_error(self, path: str, message: str) -> None:
+        log.error("static pod manifest %s is invalid: %s", path, message)
+
+    # ---- runtime -------------------------------------------------------------------
+
+    async def _start_embedded_runtime(self) -> None:
+        from cri.images import ImageService, RegistryConfig, RegistryHost
+        from cri.images.digest import Digest
+        from cri.runtime.service import RuntimeService
+        from cri.server import CRIServer
+
+        hosts = {h: RegistryHost(plain_http=True) for h in self.config.plain_http_registries}
+        images = ImageService(self.config.root / "images", registry=RegistryConfig(hosts=hosts))
+        net_ok = self.config.network_mode == "loopback"
+        runtime = RuntimeService(
+            self.config.root / "runtime",
+            images=images,
+            cgroup_parent_name=self.config.cgroup_parent,
+            network_ready=lambda: (True, "") if net_ok else (False, "no CNI network configured"),
+        )
+        images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
+        await runtime.start()
+        server = CRIServer(socket_path=self.config.cri_socket, images=images, runtime=runtime)
+        await server.start()
+        self._runtime = (images, runtime)
+        self._server = server
+
+    async def _stop_embedded_runtime(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+        if self._runtime is not None:
+            images, runtime = self._runtime
+            await runtime.close()
+            await images.close()
+
+    async def runtime_ready(self) -> tuple[bool, str]:
+        try:
+            status = await self.cri.status()
+        except CRIError as err:
+            return False, f"container runtime is down: {err}"
+        for cond in status.status.conditions:
+            if not cond.status:
+                return (
+                    False,
+                    f"container runtime {cond.type} is false: {cond.reason}: {cond.message}",
+                )
+        return True, ""
+
+    async def images_for_node(self) -> list[dict[str, Any]]:
+        try:
+            images = await self.cri.list_images()
+        except CRIError:
+            return []
+        return [
+            {"names": [*i.repo_digests, *i.repo_tags], "sizeBytes": i.size}
+            for i in sorted(images, key=lambda i: -i.size)
+        ]
+
+    async def _service_env(self) -> dict[str, str]:
+        """KUBERNETES_SERVICE_* for pods, from the `kubernetes` service (as the kubelet adds)."""
+        if self.api is None:
+            return {}
+        try:
+            svc = await self.api.get("/api/v1/namespaces/default/services/kubernetes")
+        except ApiError:
+            return {}
+        ip = svc["spec"].get("clusterIP", "")
+        port = str(svc["spec"]["ports"][0]["port"])
+        return {
+            "KUBERNETES_SERVICE_HOST": ip,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{ip}:{port}",
+            f"KUBERNETES_PORT_{port}_TCP": f"tcp://{ip}:{port}",
+            f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+            f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+            f"KUBERNETES_PORT_{port}_TCP_ADDR": ip,
+        }
+
+    # ---- PLEG -------------------------------------------------------------------------
+
+    async def _pleg(self) -> None:
+        """Relist containers; wake the workers of pods whose containers changed state."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(self.config.pleg_period_s)
+            try:
+                containers = await self.cri.list_containers()
+            except CRIError as err:
+                log.warning("PLEG relist failed: %s", err)
+                continue
+            now = {c.id: int(c.state) for c in containers}
+            changed = {cid for cid in set(now) | set(last) if now.get(cid) != last.get(cid)}
+            uids = {c.labels.get(POD_UID) for c in containers if c.id in changed}
+            for uid in uids:
+                if uid and uid in self.workers:
+                    self.workers[uid].wake.set()
+            last = now
+
+    async def _adopt_orphans(self) -> None:
+        """Pods the runtime has but no source knows (removed while we were down) are ended."""
+        try:
+            sandboxes = await self.cri.list_pod_sandbox()
+        except CRIError:
+            return
+        for sb in sandboxes:
+            uid = sb.metadata.uid
+            if uid in self.workers:
+                continue
+            from kubelet_py.agent.model import Container
+
+            orphan = Pod(
+                uid=uid,
+                name=sb.metadata.name,
+                namespace=sb.metadata.namespace,
+                node_name=self.config.node_name,
+                containers=(Container(name="orphan", image=""),),
+                deletion_timestamp="orphaned",
+                termination_grace_s=2,
+            )
+            log.info("ending pod %s/%s: no source has it any more", orphan.namespace, orphan.name)
+            self.upsert(orphan)
+
+    # ---- run ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        if self.config.embedded_runtime:
+            await self._start_embedded_runtime()
+        try:
+            version = await self.cri.version()
+            log.info(
+                "runtime %s %s on %s",
+                version.runtime_name,
+                version.runtime_version,
+                self.config.cri_socket,
+            )
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                api_source = None
+                if self.api is not None:
+                    node = NodeManager(
+                        self.api,
+                        NodeSettings(
+                            name=self.config.node_name,
+                            host_ip=self.config.node_ip,
+                            labels=self.config.node_labels,
+                            taints=self.config.register_with_taints,
+                            max_pods=self.config.max_pods,
+                            root=self.config.root,
+                        ),
+                        runtime_ready=self.runtime_ready,
+                        images=self.images_for_node,
+                    )
+                    await node.register()
+                    self.node_ctx.service_env = await self._service_env()
+                    tg.create_task(node.run_lease_loop(), name="node-lease")
+                    tg.create_task(node.run_status_loop(), name="node-status")
+                    api_source = ApiPodSource(
+                        self.api,
+                        node_name=self.config.node_name,
+                        upsert=self.upsert,
+                        remove=self.remove,
+                    )
+                    tg.create_task(api_source.run(), name="source-api")
+                if self.config.static_pod_path is not None:
+                    static = StaticPodSource(
+                        self.config.static_pod_path,
+                        node_name=self.config.node_name,
+                        upsert=self.upsert,
+                        remove=self.remove,
+                        api=self.api,
+                        report_error=self.report_static_error,
+                        mirrors=api_source.mirrors if api_source is not None else None,
+                        mirror_created=self._resend_status,
+                    )
+                    static_pods = await asyncio.to_thread(static.scan)
+                    for pod in static_pods.values():
+                        self.upsert(pod)
+                    static.pods = static_pods
+                    tg.create_task(static.run(), name="source-static")
+                if api_source is not None:
+                    await asyncio.wait_for(api_source.synced.wait(), timeout=60)
+                await self._adopt_orphans()
+                tg.create_task(self._pleg(), name="pleg")
+                self.ready.set()
+                log.info(
+                    "node agent %s ready in %.2f s",
+                    self.config.node_name,
+                    time.monotonic() - started,
+                )
+        finally:
+            self._tg = None
+            await self.events.drain()
+            if self.api is not None:
+                await self.api.close()
+            await self.cri.close()
+            with contextlib.suppress(Exception):
+                await self._stop_embedded_runtime()

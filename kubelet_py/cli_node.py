@@ -1,0 +1,128 @@
+"""`kubelet-py node run`: the node agent, configured like the upstream kubelet.
+
+Flags mirror the kubelet's where they exist (--kubeconfig, --hostname-override,
+--node-ip, --node-labels, --register-with-taints, --root-dir, --pod-manifest-path,
+--config for a KubeletConfiguration file). Without --kubeconfig the agent runs
+standalone: static pods only, no API at all.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubelet_py.agent.agent import Agent, AgentConfig
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    node = commands.add_parser(
+        "node",
+        help="run the node agent (joins a cluster with --kubeconfig, or runs static pods alone)",
+        description="Run kubelet-py's node agent.",
+    )
+    actions = node.add_subparsers(dest="node_command", metavar="<action>")
+    actions.required = True
+    run = actions.add_parser("run", help="run until SIGTERM or Ctrl-C")
+    run.add_argument("--config", type=Path, help="a KubeletConfiguration YAML file")
+    run.add_argument("--kubeconfig", type=Path, help="credentials for the API server")
+    run.add_argument("--hostname-override", "--node-name", dest="node_name", default=None)
+    run.add_argument("--node-ip", default=None, help="the node's InternalIP")
+    run.add_argument("--root-dir", type=Path, default=Path("/var/lib/kubelet-py"))
+    run.add_argument("--pod-manifest-path", type=Path, default=None, help="static pod directory")
+    run.add_argument("--node-labels", default="", help="key=value,... to register the node with")
+    run.add_argument("--register-with-taints", default="", help="key=value:Effect,...")
+    run.add_argument("--cri-socket", type=Path, default=None)
+    run.add_argument(
+        "--remote-runtime",
+        action="store_true",
+        help="use the CRI runtime already serving --cri-socket instead of the built-in one",
+    )
+    run.add_argument("--cgroup-parent", default="kubelet-py")
+    run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
+    run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
+    run.add_argument("--cluster-domain", default="cluster.local")
+    run.add_argument("-v", "--verbose", action="store_true")
+
+
+def _taints(text: str) -> tuple[dict[str, str], ...]:
+    out = []
+    for item in filter(None, text.split(",")):
+        kv, _, effect = item.partition(":")
+        key, _, value = kv.partition("=")
+        out.append({"key": key, "value": value, "effect": effect or "NoSchedule"})
+    return tuple(out)
+
+
+def _default_ip() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: UDP connect only picks a route
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    file_cfg: dict[str, Any] = {}
+    if args.config is not None:
+        file_cfg = yaml.safe_load(args.config.read_text()) or {}
+    node_name = (args.node_name or socket.gethostname()).lower()
+    root: Path = args.root_dir
+    labels = dict(kv.split("=", 1) for kv in filter(None, args.node_labels.split(",")))
+    taints = _taints(args.register_with_taints) or tuple(file_cfg.get("registerWithTaints") or ())
+    static = args.pod_manifest_path or (
+        Path(file_cfg["staticPodPath"]) if file_cfg.get("staticPodPath") else None
+    )
+    dns = tuple(filter(None, args.cluster_dns.split(","))) or tuple(
+        file_cfg.get("clusterDNS") or ()
+    )
+    return AgentConfig(
+        node_name=node_name,
+        node_ip=args.node_ip or _default_ip(),
+        root=root,
+        kubeconfig=args.kubeconfig,
+        static_pod_path=static,
+        cri_socket=args.cri_socket or (root / "cri.sock"),
+        embedded_runtime=not args.remote_runtime,
+        cgroup_parent=args.cgroup_parent,
+        cluster_dns=dns,
+        cluster_domain=file_cfg.get("clusterDomain") or args.cluster_domain,
+        node_labels=labels,
+        register_with_taints=taints,
+        max_pods=int(file_cfg.get("maxPods", 110)),
+        plain_http_registries=tuple(args.plain_http_registry),
+    )
+
+
+async def _main(config: AgentConfig) -> int:
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run(), name="agent")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger("kubelet_py").info("stopping; containers keep running")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if os.geteuid() != 0:
+        print("error: the node agent needs root (namespaces, mounts, cgroups)", file=sys.stderr)
+        return 1
+    config = config_from_args(args)
+    config.root.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_main(config))
