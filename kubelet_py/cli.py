@@ -66,6 +66,11 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         help="also create this many node network namespaces on the lab underlay",
     )
     up.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a kubelet-py node with the examples in manifests/ (the main job)",
+    )
+    up.add_argument(
         "--check",
         action="store_true",
         help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
@@ -129,11 +134,20 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             for i in range(args.nodes):
                 node = cluster.add_node(f"node{i + 1}")
                 _progress(f"node namespace {node.netns} at {node.address}")
-            if args.check:
+            if args.check and not args.node:
                 print(cluster.kubectl("get", "namespaces").stdout, end="")
                 return 0
             print(_try_this(cluster.admin_kubeconfig, binaries.bin_dir, cluster.logs_dir))
-            _wait_for_signal()
+            if args.node:
+                from kubelet_py.devcluster.demo import run_demo
+
+                run_demo(
+                    cluster,
+                    progress=_progress,
+                    wait=(lambda: None) if args.check else _wait_for_signal,
+                )
+            else:
+                _wait_for_signal()
     except DevClusterError as err:
         _progress(f"error: {err}")
         return 1

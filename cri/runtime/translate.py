@@ -343,11 +343,10 @@ def container_spec(
         linux["sysctl"] = dict(sysctls)
     if seccomp is not None and not sec.privileged:
         linux["seccomp"] = dict(seccomp)
-    return {
+    spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": rootfs, "readonly": sec.readonly_rootfs},
-        "hostname": sandbox.hostname,
         "mounts": _mounts(config, sandbox),
         "linux": linux,
         "annotations": {
@@ -355,3 +354,6 @@ def container_spec(
             **{k: v for k, v in config.annotations.items()},
         },
     }
+    if sandbox.utsns is not None:
+        spec["hostname"] = sandbox.hostname  # a host-UTS container keeps the host's name
+    return spec
