@@ -31,6 +31,8 @@ from cri.fsutil import write_atomic
 from cri.runtime.errors import RuntimeServiceError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+V2_REQUIRED = ("cpu", "memory", "pids")
+V2_RUNTIME_LEAF = "kubelet-py-runtime"
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "cpuset")
 
 
@@ -259,7 +261,47 @@ class CgroupV2:
         )
         own = own_cgroup_paths(text)
         self.root = root
-        self.base = f"{own.get('', '/').rstrip('/')}/{parent_name}"
+        self.own = own.get("", "/")
+        self.base = f"{self.own.rstrip('/')}/{parent_name}"
+
+    def _vacate_own(self) -> None:
+        """Obey v2's no-internal-process rule before delegating anything.
+
+        A non-root cgroup that holds processes cannot give domain controllers (memory,
+        pids, io) to children, and enabling a threaded one (cpu) there first turns it
+        into a "domain threaded" root for good. If our own cgroup holds only this
+        process (a service's cgroup, Delegate=yes), move it into the leaf
+        <own>/kubelet-py-runtime; if it holds others, refuse with a clear error.
+        """
+        own_dir = self.root / self.own.lstrip("/")
+        if own_dir == self.root:
+            return
+        procs = [int(p) for p in (own_dir / "cgroup.procs").read_text().split()]
+        if not procs:
+            return
+        if procs != [os.getpid()]:
+            raise CgroupError(
+                f"cgroup v2: {self.own} holds other processes ({procs[:8]}) besides this "
+                "one, so no controller can be delegated beneath it; run the runtime in a "
+                "cgroup of its own"
+            )
+        leaf = own_dir / V2_RUNTIME_LEAF
+        leaf.mkdir(exist_ok=True)
+        (leaf / "cgroup.procs").write_text(str(os.getpid()))
+
+    def _delegate(self, d: Path) -> None:
+        """Enable cpu, memory, pids (and io when there) for the children of `d`."""
+        available = (d / "cgroup.controllers").read_text().split()
+        missing = [c for c in V2_REQUIRED if c not in available]
+        if missing:
+            raise CgroupError(f"cgroup v2: controllers {missing} are not delegated to {d}")
+        enabled = (d / "cgroup.subtree_control").read_text().split()
+        want = [c for c in (*V2_REQUIRED, "io") if c in available and c not in enabled]
+        if want:
+            try:
+                (d / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in want))
+            except OSError as err:
+                raise CgroupError(f"cannot enable {want} for the children of {d}: {err}") from err
 
     def pod_path(self, *, qos: str, pod_uid: str) -> str:
         seg = _qos_segment(qos)
@@ -269,19 +311,12 @@ class CgroupV2:
     def ensure(self, path: str) -> None:
         if not (path == self.base or path.startswith(self.base + "/")):
             raise CgroupError(f"refusing to touch cgroup {path}: not beneath {self.base}")
-        target = self.root / path.lstrip("/")
-        chain: list[Path] = []
-        p = target
-        while not p.exists():
-            chain.append(p)
-            p = p.parent
-        for d in reversed(chain):
-            wanted = (d.parent / "cgroup.controllers").read_text().split()
-            enable = " ".join(f"+{c}" for c in wanted if c in ("cpu", "memory", "pids", "io"))
-            if enable:
-                with contextlib.suppress(OSError):
-                    (d.parent / "cgroup.subtree_control").write_text(enable)
-            d.mkdir()
+        self._vacate_own()
+        d = self.root / self.own.lstrip("/")
+        for part in path[len(self.own.rstrip("/")) :].strip("/").split("/"):
+            self._delegate(d)
+            d = d / part
+            d.mkdir(exist_ok=True)
 
     def release(self) -> None:
         """Remove the (empty) base; v2 bases sit in our own cgroup, which existed before."""
@@ -296,6 +331,8 @@ class CgroupV2:
 
     def stats(self, path: str) -> CgroupStats:
         d = self.root / path.lstrip("/")
+        if not d.is_dir():
+            raise CgroupError(f"cgroup {path} does not exist")
         cpu = _read_kv(d / "cpu.stat")
         mem = _read_kv(d / "memory.stat")
         usage = _read_int(d / "memory.current")

@@ -475,6 +475,7 @@ class RuntimeService:
                     sysctls=sandbox.sysctls,
                     seccomp=profile,
                     nofile_limit=_nofile_limit(),
+                    cgroup_version=self.cgroups.version,
                 )
                 (bundle / "config.json").write_text(json.dumps(spec))
                 log_path.parent.mkdir(parents=True, exist_ok=True)

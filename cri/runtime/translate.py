@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cri.runtime.cgroups import cpu_shares_to_weight
 from cri.runtime.errors import InvalidArgumentError
 from cri.runtime.model import ContainerConfig, MountPropagation, NamespaceMode
 
@@ -269,7 +270,7 @@ def _namespaces(config: ContainerConfig, sandbox: SandboxPaths) -> list[dict[str
     return ns
 
 
-def _resources(config: ContainerConfig) -> dict[str, Any]:
+def _resources(config: ContainerConfig, cgroup_version: int) -> dict[str, Any]:
     r = config.resources
     out: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if config.security.privileged:
@@ -277,6 +278,10 @@ def _resources(config: ContainerConfig) -> dict[str, Any]:
     cpu: dict[str, int] = {}
     if r.cpu_shares:
         cpu["shares"] = r.cpu_shares
+        if cgroup_version == 2:
+            # runc < 1.3.2 converts shares to cpu.weight with its old linear formula;
+            # unified values are written last and win.
+            out["unified"] = {"cpu.weight": str(cpu_shares_to_weight(r.cpu_shares))}
     if r.cpu_quota:
         cpu["quota"] = r.cpu_quota
     if r.cpu_period:
@@ -301,6 +306,7 @@ def container_spec(
     sysctls: Mapping[str, str] = {},
     seccomp: Mapping[str, Any] | None = None,
     nofile_limit: int = 1048576,
+    cgroup_version: int = 1,
 ) -> dict[str, Any]:
     """The OCI runtime spec for one container.
 
@@ -330,7 +336,7 @@ def container_spec(
     linux: dict[str, Any] = {
         "namespaces": _namespaces(config, sandbox),
         "cgroupsPath": cgroups_path,
-        "resources": _resources(config),
+        "resources": _resources(config, cgroup_version),
     }
     if not sec.privileged:
         linux["maskedPaths"] = list(

@@ -155,9 +155,11 @@ def run_demo(cluster: LocalCluster, *, progress: Progress, wait: Callable[[], No
                 time.sleep(0.5)
             cluster.kubectl("apply", "-f", str(_manifests() / "workloads"))
             progress("waiting for the example pods")
+            cluster.kubectl("rollout", "status", "deployment/hello", "--timeout=90s", check=False)
             cluster.kubectl(
-                "wait", "--for=condition=Ready", "pods", "--all", "-A", "--timeout=90s", check=False
-            )
+                "wait", "--for=condition=Ready", "pods", "--all", "-A", "--timeout=90s",
+                check=False,
+            )  # fmt: skip
             print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
             print(cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
             print(f"""The node agent's log: {agent.log_path}
