@@ -105,9 +105,8 @@ def test_cpu_weight_follows_shares_formula(runtime: Runtime, shares: int) -> Non
     ctr_id = runtime.container(pod_id, "main", SLEEPER, Resources(cpu_shares=shares))
     weight = int((runtime.cgroup(ctr_id) / "cpu.weight").read_text())
     wanted = cpu_shares_to_weight(shares)
-    assert weight == wanted, (
-        f"shares {shares}: cpu.weight {weight}"
-        + (" (runc's old linear formula)" if weight == runc_linear_weight(shares) else "")
+    assert weight == wanted, f"shares {shares}: cpu.weight {weight}" + (
+        " (runc's old linear formula)" if weight == runc_linear_weight(shares) else ""
     )
 
 
