@@ -258,6 +258,13 @@ class PodWorker:
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
             waits.append(30.0)
+        init_running = any(
+            (o := obs.latest(c.name)) is not None and o.state == CState.RUNNING
+            for c in pod.init_containers
+            if c.restart_policy != "Always"
+        )
+        if init_running:
+            waits.append(0.1)  # the next step waits on this init container: look again soon
         if self.volumes.needs_refresh(pod.uid, now=now):
             self.volume_paths = None
             waits.append(0.1)

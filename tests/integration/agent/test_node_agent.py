@@ -303,3 +303,43 @@ def test_projected_token_is_valid_against_the_apiserver(
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"system:serviceaccount:{ns}:default"
+
+
+def test_agent_killed_and_restarted_keeps_pods_running(
+    agent_node: AgentNode, admin_api: client.ApiClient, cluster: LocalCluster, ns: str
+) -> None:
+    """kill -9 of the agent leaves containers running; the restarted agent adopts them unchanged."""
+    import os
+    import signal
+
+    from tests.integration.agent.conftest import start_agent
+
+    core = client.CoreV1Api(admin_api)
+    core.create_namespaced_pod(
+        ns,
+        _pod(
+            "survivor",
+            ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+        ),
+    )
+    wait_for(
+        "the pod to be Running",
+        lambda: core.read_namespaced_pod("survivor", ns).status.phase == "Running",
+        60,
+        agent_node,
+    )
+    before = core.read_namespaced_pod("survivor", ns).status.container_statuses[0]
+    os.kill(agent_node.proc.pid, signal.SIGKILL)
+    agent_node.proc.wait()
+    time.sleep(2)
+    ticks_while_down = len(cri_lines(agent_node.container_log(ns, "survivor", "main")))
+    agent_node.proc = start_agent(
+        cluster, agent_node.lab, agent_node.root, agent_node.static_dir, agent_node.log_path
+    )
+    time.sleep(3)
+    after = core.read_namespaced_pod("survivor", ns).status.container_statuses[0]
+    assert after.container_id == before.container_id and after.restart_count == 0
+    assert after.state.running is not None
+    lines = cri_lines(agent_node.container_log(ns, "survivor", "main"))
+    assert len(lines) > ticks_while_down > 10
+    assert [int(x.split()[1]) for x in lines] == list(range(len(lines)))  # no gap, no restart
