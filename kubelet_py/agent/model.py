@@ -79,6 +79,9 @@ class Container:
     startup: Probe | None = None
     tty: bool = False
     stdin: bool = False
+    post_start: Probe | None = None
+    pre_stop: Probe | None = None
+    """Lifecycle hooks reuse the probe handler shape (exec, httpGet, tcpSocket, sleep)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,12 @@ def _probe(raw: Mapping[str, Any] | None) -> Probe | None:
         )
     if "grpc" in raw:
         return Probe(kind="grpc", port=int(raw["grpc"].get("port", 0)), **common)
+    if "sleep" in raw:
+        return Probe(
+            kind="sleep",
+            period_s=int(raw["sleep"].get("seconds", 0)),
+            **{k: v for k, v in common.items() if k != "period_s"},
+        )
     return None
 
 
@@ -238,6 +247,8 @@ def _container(raw: Mapping[str, Any]) -> Container:
         startup=_probe(raw.get("startupProbe")),
         tty=bool(raw.get("tty")),
         stdin=bool(raw.get("stdin")),
+        post_start=_probe((raw.get("lifecycle") or {}).get("postStart")),
+        pre_stop=_probe((raw.get("lifecycle") or {}).get("preStop")),
     )
 
 

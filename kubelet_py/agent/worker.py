@@ -298,7 +298,11 @@ class PodWorker:
         pod = self.pod
         for cid, why in actions.kill:
             self.events.emit(pod, "Normal", "Killing", f"Stopping container: {why}")
-            await self.cri.stop_container(cid, pod.termination_grace_s)
+            victim = next((o for g in obs.containers.values() for o in g if o.id == cid), None)
+            if victim is not None:
+                await self._stop_with_hook(victim, pod.termination_grace_s)
+            else:
+                await self.cri.stop_container(cid, pod.termination_grace_s)
         if actions.create_sandbox:
             for sid in (obs.sandbox_id, *obs.stale_sandboxes):
                 if sid:
@@ -484,6 +488,20 @@ class PodWorker:
         self.events.emit(
             pod, "Normal", "Started", f"Started container {c.name}", field_path=field_path
         )
+        if c.post_start is not None:
+            ok, detail = await self._probe_once(
+                c.post_start, _ObsRef(cid), timeout_s=pod.termination_grace_s
+            )
+            if not ok:
+                self.events.emit(
+                    pod,
+                    "Warning",
+                    "FailedPostStartHook",
+                    f"PostStartHook failed: {detail}",
+                    field_path=field_path,
+                )
+                await self.cri.stop_container(cid, pod.termination_grace_s)
+                return False
         for kind in ("liveness", "readiness", "startup"):
             self.probes.pop((c.name, kind), None)
         return True
@@ -554,10 +572,16 @@ class PodWorker:
             )
         return True
 
-    async def _probe_once(self, probe: Probe, o: ContainerObs) -> tuple[bool, str]:
+    async def _probe_once(
+        self, probe: Probe, o: "ContainerObs | _ObsRef", *, timeout_s: int | None = None
+    ) -> tuple[bool, str]:
+        if probe.kind == "sleep":
+            await asyncio.sleep(probe.period_s)
+            return True, ""
         if probe.kind == "exec":
+            budget = timeout_s if timeout_s is not None else max(1, probe.timeout_s)
             try:
-                resp = await self.cri.exec_sync(o.id, list(probe.command), max(1, probe.timeout_s))
+                resp = await self.cri.exec_sync(o.id, list(probe.command), budget)
             except CRIError as err:
                 return False, str(err)
             out = (resp.stdout + resp.stderr).decode(errors="replace").strip()
@@ -585,6 +609,27 @@ class PodWorker:
         except (OSError, TimeoutError) as err:
             return False, f"dial {host}:{port}: {err or 'timeout'}"
         return False, f"{probe.kind} probes are not supported"
+
+    async def _stop_with_hook(self, o: ContainerObs, grace_s: int) -> None:
+        """Run the container's preStop hook within the grace period, then stop it."""
+        started = time.monotonic()
+        try:
+            c = self._container(o.name)
+        except KeyError:
+            c = None
+        if c is not None and c.pre_stop is not None and o.state == CState.RUNNING and grace_s > 0:
+            try:
+                ok, detail = await asyncio.wait_for(
+                    self._probe_once(c.pre_stop, o, timeout_s=grace_s), timeout=grace_s
+                )
+            except TimeoutError:
+                ok, detail = False, f"did not finish within the {grace_s}s grace period"
+            if not ok:
+                self.events.emit(
+                    self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {detail}"
+                )
+        left = max(0, int(grace_s - (time.monotonic() - started)))
+        await self.cri.stop_container(o.id, left)
 
     def _port(self, port: int | str) -> int:
         if isinstance(port, int) or str(port).isdigit():
@@ -652,7 +697,7 @@ class PodWorker:
                 f"Stopping container {o.name}",
                 field_path=f"spec.containers{{{o.name}}}",
             )
-        await asyncio.gather(*(self.cri.stop_container(o.id, int(grace)) for o in running))
+        await asyncio.gather(*(self._stop_with_hook(o, int(grace)) for o in running))
         for sid in (obs.sandbox_id, *obs.stale_sandboxes):
             if sid:
                 await self.cri.stop_pod_sandbox(sid)
@@ -708,3 +753,10 @@ class PodWorker:
 
 def _passed(st: ProbeState) -> bool:
     return st.result is True
+
+
+@dataclass(frozen=True)
+class _ObsRef:
+    """Just a container ID, for hooks that run before the container has been observed."""
+
+    id: str

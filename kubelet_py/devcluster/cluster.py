@@ -469,6 +469,10 @@ class LocalCluster:
             "--use-service-account-credentials=true",
             "--controllers=*,bootstrapsigner,tokencleaner",
             "--leader-elect=false",
+            # A lab cluster notices a dead node in ~20 s instead of 50 s, so tests of
+            # NotReady stay short; heartbeats (Lease, 10 s) are unchanged.
+            "--node-monitor-grace-period=20s",
+            "--node-monitor-period=2s",
             "--profiling=false",
             "--v=1",
         ]

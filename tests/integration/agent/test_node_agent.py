@@ -18,6 +18,14 @@ def ns(admin_api: client.ApiClient) -> Iterator[str]:
     name = f"a-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(admin_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are refused until the service-account controller made "default" (real clusters too).
+    wait_for(
+        "the default service account",
+        lambda: any(
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+        ),
+        30,
+    )
     yield name
     core.delete_namespace(name)
 
@@ -343,3 +351,98 @@ def test_agent_killed_and_restarted_keeps_pods_running(
     lines = cri_lines(agent_node.container_log(ns, "survivor", "main"))
     assert len(lines) > ticks_while_down > 10
     assert [int(x.split()[1]) for x in lines] == list(range(len(lines)))  # no gap, no restart
+
+
+def test_liveness_probe_restarts_and_readiness_gates_ready(
+    agent_node: AgentNode, admin_api: client.ApiClient, ns: str
+) -> None:
+    """A failing liveness probe restarts the container; readiness decides the Ready condition."""
+    core = client.CoreV1Api(admin_api)
+    live = _pod("live", ["sh", "-c", "touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 3600"], container={
+        "liveness_probe": client.V1Probe(_exec=client.V1ExecAction(command=["busybox", "test", "-f", "/tmp/alive"]), period_seconds=1, failure_threshold=2),
+    })  # fmt: skip
+    ready = _pod("ready", ["sh", "-c", "sleep 3; touch /tmp/ready; sleep 3600"], container={
+        "readiness_probe": client.V1Probe(_exec=client.V1ExecAction(command=["busybox", "test", "-f", "/tmp/ready"]), period_seconds=1),
+    })  # fmt: skip
+    core.create_namespaced_pod(ns, live)
+    core.create_namespaced_pod(ns, ready)
+
+    def conditions(name: str) -> dict[str, str]:
+        return {
+            c.type: c.status for c in core.read_namespaced_pod(name, ns).status.conditions or []
+        }
+
+    wait_for(
+        "the ready pod Running",
+        lambda: core.read_namespaced_pod("ready", ns).status.phase == "Running",
+        60,
+        agent_node,
+    )
+    assert conditions("ready").get("Ready") == "False"  # not ready before the probe passes
+    wait_for(
+        "readiness to pass", lambda: conditions("ready").get("Ready") == "True", 30, agent_node
+    )
+    wait_for(
+        "a liveness restart",
+        lambda: (
+            (core.read_namespaced_pod("live", ns).status.container_statuses or [None])[0]
+            is not None
+            and core.read_namespaced_pod("live", ns).status.container_statuses[0].restart_count >= 1
+        ),
+        60,
+        agent_node,
+    )
+    reasons = {
+        e.reason for e in core.list_namespaced_event(ns).items if e.involved_object.name == "live"
+    }
+    assert {"Unhealthy", "Killing"} <= reasons
+
+
+def test_prestop_hook_runs_on_graceful_delete(
+    agent_node: AgentNode, admin_api: client.ApiClient, ns: str
+) -> None:
+    """Deleting a pod runs its preStop hook before the container is stopped, then it is gone."""
+    core = client.CoreV1Api(admin_api)
+    pod = _pod("hooked", ["sh", "-c", "echo started; sleep 3600"], container={
+        "lifecycle": client.V1Lifecycle(pre_stop=client.V1LifecycleHandler(_exec=client.V1ExecAction(command=["sh", "-c", "echo prestop ran > /proc/1/fd/1"]))),
+    })  # fmt: skip
+    core.create_namespaced_pod(ns, pod)
+    wait_for(
+        "the pod Running",
+        lambda: core.read_namespaced_pod("hooked", ns).status.phase == "Running",
+        60,
+        agent_node,
+    )
+    core.delete_namespaced_pod("hooked", ns, grace_period_seconds=5)
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("hooked", ns)
+        except client.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for("the pod to be deleted", gone, 30, agent_node)
+    assert "prestop ran" in agent_node.container_log(
+        ns, "hooked", "main"
+    ) or "prestop ran" in agent_node.log_tail(200)
+
+
+def test_stopped_agent_turns_the_node_not_ready(
+    agent_node: AgentNode, admin_api: client.ApiClient, cluster: LocalCluster
+) -> None:
+    """With the agent stopped, the Lease expires and the node goes NotReady; restarted, Ready again."""
+    from tests.integration.agent.conftest import start_agent, stop_agent
+
+    core = client.CoreV1Api(admin_api)
+
+    def ready_status() -> str:
+        conds = core.read_node("agent1").status.conditions or []
+        return next((c.status for c in conds if c.type == "Ready"), "")
+
+    stop_agent(agent_node.proc)
+    wait_for("the node to go NotReady (Unknown)", lambda: ready_status() == "Unknown", 60)
+    agent_node.proc = start_agent(
+        cluster, agent_node.lab, agent_node.root, agent_node.static_dir, agent_node.log_path
+    )
+    wait_for("the node to be Ready again", lambda: ready_status() == "True", 60, agent_node)
