@@ -702,7 +702,7 @@ class PodWorker:
             if sid:
                 await self.cri.stop_pod_sandbox(sid)
         final = await observe(self.cri, pod.uid)
-        if reason:
+        if reason or (pod.terminating and self.api is not None):
             status = pod_status(
                 pod,
                 final,
@@ -714,21 +714,9 @@ class PodWorker:
                 init_failed=False,
                 now=rfc3339(time.time_ns()) or "",
             )
-            status["phase"], status["reason"] = "Failed", reason
-            status["message"] = "Pod was active on the node longer than the specified deadline"
-            await self._patch_status(status)
-        elif pod.terminating and self.api is not None:
-            status = pod_status(
-                pod,
-                final,
-                host_ip=self.node.host_ip,
-                pod_ip=self.pod_ip,
-                start_time=self.start_time,
-                waiting={},
-                readiness={},
-                init_failed=False,
-                now=rfc3339(time.time_ns()) or "",
-            )
+            if reason:
+                status["phase"], status["reason"] = "Failed", reason
+                status["message"] = "Pod was active on the node longer than the specified deadline"
             await self._patch_status(status)
         for group in final.containers.values():
             for o in group:

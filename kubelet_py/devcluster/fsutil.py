@@ -1,27 +1,5 @@
-"""Atomic file writes: a reader sees the old content or the new, never half of it."""
+"""Atomic file writes for the dev cluster: the runtime's helper, shared rather than copied."""
 
-import os
-import tempfile
-from pathlib import Path
+from cri.fsutil import write_atomic
 
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a fsynced temp file and a rename in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+__all__ = ["write_atomic"]
