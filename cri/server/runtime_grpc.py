@@ -14,6 +14,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cri.runtime import model
+from cri.runtime.cgroups import CgroupStats
 from cri.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -141,6 +142,14 @@ def container_config_from(pb: Any) -> model.ContainerConfig:
         ),
         stop_signal=api_pb2.Signal.Name(pb.stop_signal) if pb.stop_signal else "",
     )
+
+
+def _fill_usage(cpu: Any, memory: Any, s: CgroupStats, now: int) -> None:
+    cpu.timestamp = now
+    cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+    memory.timestamp = now
+    memory.working_set_bytes.value = s.memory_working_set_bytes
+    memory.usage_bytes.value = s.memory_usage_bytes
 
 
 def _sandbox_meta(r: SandboxRecord) -> Any:
@@ -381,11 +390,7 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
             )
         )
         if s is not None:
-            stats.cpu.timestamp = now
-            stats.cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
-            stats.memory.timestamp = now
-            stats.memory.working_set_bytes.value = s.memory_working_set_bytes
-            stats.memory.usage_bytes.value = s.memory_usage_bytes
+            _fill_usage(stats.cpu, stats.memory, s, now)
         return stats
 
     async def ContainerStats(self, request: Any, context: Any) -> Any:
@@ -424,11 +429,7 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
         s = self.rt.pod_stats(r.id)
         now = time.time_ns()
         if s is not None:
-            stats.linux.cpu.timestamp = now
-            stats.linux.cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
-            stats.linux.memory.timestamp = now
-            stats.linux.memory.working_set_bytes.value = s.memory_working_set_bytes
-            stats.linux.memory.usage_bytes.value = s.memory_usage_bytes
+            _fill_usage(stats.linux.cpu, stats.linux.memory, s, now)
         stats.linux.containers.extend(
             self._stats_pb(c) for c in self.rt.containers() if c.sandbox_id == r.id
         )
