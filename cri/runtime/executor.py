@@ -146,6 +146,20 @@ class ConmonExecutor:
             *args, container_id, str(sig), what=f"signalling container {container_id[:12]}"
         )
 
+    async def update(self, container_id: str, resources: dict[str, object]) -> None:
+        """Change a running container's cgroup limits (the OCI runtime's `update`)."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._runtime_argv("update", "--resources", "-", container_id),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, err = await proc.communicate(json.dumps(resources).encode())
+        if proc.returncode != 0:
+            raise ExecutorError(
+                f"updating resources of container {container_id[:12]}: {err.decode().strip()}"
+            )
+
     async def delete(self, container_id: str) -> None:
         try:
             await self._run(

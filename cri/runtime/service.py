@@ -43,6 +43,7 @@ from cri.runtime.model import (
     ContainerConfig,
     ContainerState,
     NamespaceMode,
+    Resources,
     SandboxConfig,
     SandboxState,
 )
@@ -603,6 +604,31 @@ class RuntimeService:
             shutil.rmtree(self.executor.sockets_dir / record.id, ignore_errors=True)
             shutil.rmtree(directory, ignore_errors=True)
             self._containers.pop(record.id, None)
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        """UpdateContainerResources: new CPU and memory limits for a running container."""
+        record = self.container(container_id)
+        if record.state not in (ContainerState.RUNNING.value, ContainerState.CREATED.value):
+            raise FailedPreconditionError(
+                f"container {record.id[:12]} ({record.name}) is not running; nothing to update"
+            )
+        cpu: dict[str, object] = {}
+        if resources.cpu_shares:
+            cpu["shares"] = resources.cpu_shares
+        if resources.cpu_quota:
+            cpu["quota"] = resources.cpu_quota
+        if resources.cpu_period:
+            cpu["period"] = resources.cpu_period
+        update: dict[str, object] = {}
+        if cpu:
+            update["cpu"] = cpu
+        if resources.memory_limit_bytes:
+            update["memory"] = {"limit": resources.memory_limit_bytes}
+        if update:
+            await self.executor.update(record.id, update)
+        merged = {**record.resources, **{k: v for k, v in asdict(resources).items() if v}}
+        record.resources = {k: int(v) for k, v in merged.items()}
+        self.records.put_container(record)
 
     async def exec_sync(
         self, container_id: str, argv: list[str], *, timeout_s: float

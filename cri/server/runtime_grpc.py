@@ -350,10 +350,15 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.ContainerStatusResponse(status=status)
 
     async def UpdateContainerResources(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "UpdateContainerResources is not implemented yet by kubelet-py's runtime",
+        r = request.linux
+        resources = model.Resources(
+            cpu_period=r.cpu_period,
+            cpu_quota=r.cpu_quota,
+            cpu_shares=r.cpu_shares,
+            memory_limit_bytes=r.memory_limit_in_bytes,
         )
+        await self._guard(context, self.rt.update_resources(request.container_id, resources))
+        return api_pb2.UpdateContainerResourcesResponse()
 
     async def ReopenContainerLog(self, request: Any, context: Any) -> Any:
         try:

@@ -249,3 +249,24 @@ def test_unimplemented_calls_say_so(cri: CRI) -> None:
     out = cri.crictl("exec", ctr_id, "true", check=False)
     assert "Unimplemented" in out
     assert cri.crictl("version")  # still serving
+
+
+def test_update_container_resources(cri: CRI) -> None:
+    """`crictl update` changes a running container's memory limit and CPU quota in its cgroup."""
+    _, ctr_id = cri.run_container(
+        "upd", "main", SLEEPER, linux={"resources": {"memory_limit_in_bytes": 64 * 1024 * 1024}}
+    )
+    cri.crictl(
+        "update",
+        "--memory",
+        str(96 * 1024 * 1024),
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+        ctr_id,
+    )
+    mem = next(Path("/sys/fs/cgroup/memory").glob(f"**/{ctr_id}"))
+    cpu = next(Path("/sys/fs/cgroup/cpu").glob(f"**/{ctr_id}"))
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 96 * 1024 * 1024
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 20000
