@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from kubelet_py.agent.agent import Agent, AgentConfig
+from kubelet_py.server import ServerConfig
 
 
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -48,7 +49,60 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
     run.add_argument("--cluster-domain", default="cluster.local")
+    api = run.add_argument_group("kubelet API (HTTPS: kubectl logs through the API server)")
+    api.add_argument("--port", type=int, default=None, help="HTTPS port (10250); 0 turns it off")
+    api.add_argument(
+        "--healthz-port",
+        type=int,
+        default=None,
+        help="plain-HTTP /healthz port on 127.0.0.1 (10248); 0 turns it off",
+    )
+    api.add_argument(
+        "--anonymous-auth",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="let requests without credentials in as system:anonymous (default false)",
+    )
+    api.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        help="CA bundle for client certificates (default: the CA in the kubeconfig)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "t", "yes"):
+        return True
+    if value in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _server_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> ServerConfig:
+    """Flags first, then the KubeletConfiguration file's fields of the same meaning."""
+    authn = file_cfg.get("authentication") or {}
+    anonymous = args.anonymous_auth
+    if anonymous is None:
+        anonymous = bool((authn.get("anonymous") or {}).get("enabled", False))
+    ca = args.client_ca_file
+    if ca is None and (authn.get("x509") or {}).get("clientCAFile"):
+        ca = Path(authn["x509"]["clientCAFile"])
+    return ServerConfig(
+        port=args.port if args.port is not None else int(file_cfg.get("port", 10250)),
+        healthz_port=(
+            args.healthz_port
+            if args.healthz_port is not None
+            else int(file_cfg.get("healthzPort", 10248))
+        ),
+        anonymous_auth=anonymous,
+        client_ca_file=ca,
+    )
 
 
 def _taints(text: str) -> tuple[dict[str, str], ...]:
@@ -98,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         register_with_taints=taints,
         max_pods=int(file_cfg.get("maxPods", 110)),
         plain_http_registries=tuple(args.plain_http_registry),
+        kubelet_server=_server_config(args, file_cfg),
     )
 
 

@@ -26,6 +26,7 @@ from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
+from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 
 log = logging.getLogger("kubelet_py.agent")
 
@@ -48,6 +49,7 @@ class AgentConfig:
     network_mode: str = "loopback"  # "loopback" until CNI (issue 7): pods get lo only
     plain_http_registries: tuple[str, ...] = ()
     pleg_period_s: float = 1.0
+    kubelet_server: ServerConfig = field(default_factory=ServerConfig)
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -95,6 +97,23 @@ class Agent:
         self._runtime: Any = None
         self._server: Any = None
         self.ready = asyncio.Event()
+        self.kubelet_server = KubeletServer(
+            config.kubelet_server,
+            KubeletHost(
+                node_name=config.node_name,
+                node_ip=config.node_ip,
+                root=config.root,
+                log_root=self.node_ctx.log_root,
+                cri=self.cri,
+                api=self.api,
+                pods=lambda: [w.pod for w in self.workers.values()],
+                waiting=lambda uid, name: (
+                    self.workers[uid].waiting.get(name) if uid in self.workers else None
+                ),
+                ready=self.ready,
+                configz=lambda: self.config,
+            ),
+        )
 
     # ---- pod manager ---------------------------------------------------------------
 
@@ -272,6 +291,7 @@ class Agent:
             )
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                tg.create_task(self.kubelet_server.run(), name="kubelet-server")
                 api_source = None
                 if self.api is not None:
                     node = NodeManager(
@@ -282,6 +302,7 @@ class Agent:
                             labels=self.config.node_labels,
                             taints=self.config.register_with_taints,
                             max_pods=self.config.max_pods,
+                            kubelet_port=self.config.kubelet_server.port or 10250,
                             root=self.config.root,
                         ),
                         runtime_ready=self.runtime_ready,

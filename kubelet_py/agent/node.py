@@ -33,6 +33,7 @@ class NodeSettings:
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Mapping[str, str], ...] = ()
     max_pods: int = 110
+    kubelet_port: int = 10250
     reserved_cpu_milli: int = 0
     reserved_memory_bytes: int = 0
     root: Path = Path("/var/lib/kubelet-py")
@@ -179,7 +180,7 @@ def node_status(
             {"type": "InternalIP", "address": settings.host_ip},
             {"type": "Hostname", "address": settings.name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": settings.kubelet_port}},
         "nodeInfo": {
             "machineID": machine_id,
             "systemUUID": machine_id,
