@@ -13,11 +13,14 @@ accepted too (it refuses the hybrid cgroup layout of some machines, and says so)
 """
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +183,13 @@ class ConmonExecutor:
             return None
         return int(text), mtime
 
+    def exit_ids(self) -> set[str]:
+        """IDs of containers conmon has written an exit file for."""
+        try:
+            return {p.name for p in self.exits_dir.iterdir()}
+        except FileNotFoundError:
+            return set()
+
     def forget_exit(self, container_id: str) -> None:
         (self.exits_dir / container_id).unlink(missing_ok=True)
 
@@ -221,6 +231,220 @@ class ConmonExecutor:
             return ExecResult(exit_code=-1, stdout=out, stderr=err, timed_out=True)
         assert proc.returncode is not None
         return ExecResult(exit_code=proc.returncode, stdout=out, stderr=err)
+
+    async def exec_stream(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        stdin: bool = False,
+        user: str | None = None,
+        env: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> "ExecStream":
+        """Start `argv` in the container with its stdio wired to us (kubectl exec).
+
+        Without a TTY the process's stdin/stdout/stderr are pipes. With one, runc runs in
+        the foreground on a pseudo-terminal of ours: it puts that terminal in raw mode, makes
+        one in the container and copies between the two, and on SIGWINCH gives the
+        container's terminal the size of ours. (A --console-socket would need a detached
+        runc, whose process we could then not wait for.)
+        """
+        args = ["exec"]
+        if user:
+            args += ["--user", user]
+        if cwd:
+            args += ["--cwd", cwd]
+        for item in env or []:
+            args += ["--env", item]
+        if tty:
+            args.append("--tty")
+        # the process's host PID, to kill it (not just runc) when the client goes away
+        pid_dir = self.state_dir / "exec"
+        pid_dir.mkdir(exist_ok=True)
+        pid_file = pid_dir / f"{container_id[:12]}-{os.urandom(6).hex()}.pid"
+        args += ["--pid-file", str(pid_file), container_id, *argv]
+        if not tty:
+            proc = await asyncio.create_subprocess_exec(
+                *self._runtime_argv(*args),
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            return ExecStream(proc, None, pid_file)
+        master, slave = os.openpty()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._runtime_argv(*args),
+                stdin=slave,
+                stdout=slave,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return ExecStream(proc, master, pid_file)
+
+
+class ExecStream:
+    """A process started by `exec_stream`: its stdio, its exit, its terminal size."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, master: int | None, pid_file: Path | None = None
+    ) -> None:
+        self.proc = proc
+        self.pid_file = pid_file
+        self.master = master
+        self.tty = master is not None
+        self._master_eof = False
+        self._timers: list[asyncio.TimerHandle] = []
+        if master is not None:
+            os.set_blocking(master, False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self.master is not None:
+            await self._write_master(data)
+            return
+        if self.proc.stdin is None:
+            return
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        if self.master is not None:
+            # A terminal has no half-close; EOF is the VEOF character (^D) at line start.
+            await self._write_master(b"\x04")
+            return
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+
+    async def read_stdout(self) -> bytes:
+        """Output (of the terminal, with a TTY); b"" at EOF."""
+        if self.master is not None:
+            return await self._read_master()
+        assert self.proc.stdout is not None
+        return await self.proc.stdout.read(65536)
+
+    async def read_stderr(self) -> bytes:
+        if self.master is not None:
+            return b""
+        assert self.proc.stderr is not None
+        return await self.proc.stderr.read(65536)
+
+    async def _read_master(self) -> bytes:
+        assert self.master is not None
+        if self._master_eof:
+            return b""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except BlockingIOError:
+                fut: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(self.master, _wake, fut)
+                try:
+                    await fut
+                finally:
+                    loop.remove_reader(self.master)
+                continue
+            except OSError:  # EIO once the last slave is closed
+                data = b""
+            if not data:
+                self._master_eof = True
+            return data
+
+    async def _write_master(self, data: bytes) -> None:
+        assert self.master is not None
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.master, view)
+                view = view[n:]
+            except BlockingIOError:
+                fut: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(self.master, _wake, fut)
+                try:
+                    await fut
+                finally:
+                    loop.remove_writer(self.master)
+            except OSError:
+                return
+
+    def resize(self, width: int, height: int) -> None:
+        if self.master is None or width <= 0 or height <= 0:
+            return
+        try:
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        except OSError:
+            return
+        self._winch()
+        # runc may not handle SIGWINCH yet right after it started: say it again shortly
+        loop = asyncio.get_running_loop()
+        for delay in (0.3, 1.0):
+            self._timers.append(loop.call_later(delay, self._winch))
+
+    def _winch(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGWINCH)  # runc copies the size inward
+            except ProcessLookupError:
+                pass
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        return code
+
+    async def error_output(self) -> bytes:
+        """What runc itself said on stderr (with a TTY, where the process's output is not)."""
+        if self.master is None or self.proc.stderr is None:
+            return b""
+        return await self.proc.stderr.read()
+
+    def kill(self) -> None:
+        """SIGKILL the process in the container (its host PID from runc's pid file), and runc."""
+        if self.proc.returncode is not None:
+            return
+        if self.pid_file is not None:
+            try:
+                pid = int(self.pid_file.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+        if self.master is not None:
+            try:
+                os.close(self.master)
+            except OSError:
+                pass
+            self.master = None
+
+
+def _wake(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _read_first_line(fd: int) -> bytes:

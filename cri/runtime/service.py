@@ -38,7 +38,7 @@ from cri.runtime.errors import (
     NotFoundError,
     RuntimeServiceError,
 )
-from cri.runtime.executor import ConmonExecutor, ExecResult
+from cri.runtime.executor import ConmonExecutor, ExecResult, ExecStream
 from cri.runtime.model import (
     ContainerConfig,
     ContainerState,
@@ -138,10 +138,29 @@ class RuntimeService:
             self._watcher = None
 
     async def _watch_exits(self) -> None:
+        """Turn conmon's exit files into EXITED records.
+
+        Cheap per tick: one listdir of the exits dir, and only containers whose exit
+        file appeared are reconciled. Every few seconds a full pass also catches a
+        monitor that died without writing one. (With 100 pods the naive every-tick
+        full pass cost ~6 % of a core.)
+        """
+        loop = asyncio.get_running_loop()
+        last_full = 0.0
         while True:
-            for record in list(self._containers.values()):
-                if record.state in (ContainerState.RUNNING.value, ContainerState.CREATED.value):
-                    self._reconcile_exit(record)
+            live = [
+                r
+                for r in self._containers.values()
+                if r.state in (ContainerState.RUNNING.value, ContainerState.CREATED.value)
+            ]
+            if live:
+                full = loop.time() - last_full >= 5.0
+                exited = set() if full else self.executor.exit_ids()
+                for record in live:
+                    if full or record.id in exited:
+                        self._reconcile_exit(record)
+                if full:
+                    last_full = loop.time()
             await asyncio.sleep(0.2)
 
     def _container_cgroup(self, record: ContainerRecord) -> str:
@@ -152,12 +171,11 @@ class RuntimeService:
             return
         exited = self.executor.exit_code(record.id)
         if exited is None:
-            conmon_pid = _read_pid(self.records.container_dir(record.id) / "conmon.pid")
             if (
                 record.pid
-                and not _pid_alive(record.pid)
-                and not (conmon_pid and _pid_alive(conmon_pid))
                 and record.state == ContainerState.RUNNING.value
+                and not _pid_alive(record.pid)
+                and not _pid_alive(_read_pid(self.records.container_dir(record.id) / "conmon.pid"))
             ):
                 # conmon died with it (or was killed): no exit code to report.
                 record.state = ContainerState.EXITED.value
@@ -219,8 +237,7 @@ class RuntimeService:
         return list(self._sandboxes.values())
 
     def containers(self) -> list[ContainerRecord]:
-        for record in self._containers.values():
-            self._reconcile_exit(record)
+        """All records, as the exit watcher keeps them (at most one tick, 0.2 s, behind)."""
         return list(self._containers.values())
 
     def sandbox(self, sandbox_id: str) -> SandboxRecord:
@@ -644,6 +661,31 @@ class RuntimeService:
             record.id, argv, timeout_s=timeout_s, user=record.user, env=record.env, cwd=record.cwd
         )
 
+    async def exec_stream(
+        self, container_id: str, argv: list[str], *, tty: bool = False, stdin: bool = False
+    ) -> ExecStream:
+        """Start `argv` in a running container with its stdio streamed (kubectl exec)."""
+        record = self.container(container_id)
+        if record.state != ContainerState.RUNNING.value:
+            raise FailedPreconditionError(
+                f"container {record.id[:12]} ({record.name}) is not running"
+            )
+        if not argv:
+            raise InvalidArgumentError("exec: no command given")
+        return await self.executor.exec_stream(
+            record.id, argv, tty=tty, stdin=stdin, user=record.user, env=record.env, cwd=record.cwd
+        )
+
+    def sandbox_netns(self, pod_uid: str) -> str | None:
+        """The network namespace (nsfs path) of the pod's ready sandbox; None if none."""
+        ready = [
+            r
+            for r in self._sandboxes.values()
+            if r.uid == pod_uid and r.state == SandboxState.READY.value and r.netns
+        ]
+        ready.sort(key=lambda r: r.created_at_ns)
+        return ready[-1].netns if ready else None
+
     def reopen_log(self, container_id: str) -> None:
         record = self.container(container_id)
         if record.state != ContainerState.RUNNING.value:
@@ -694,6 +736,8 @@ def _read_pid(path: Path) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # kill(0, …) would address our own process group
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
