@@ -690,11 +690,11 @@ class RuntimeService:
         record = self.container(container_id)
         if record.state != ContainerState.RUNNING.value:
             raise FailedPreconditionError(f"container {record.id[:12]} is not running")
-        ctl = self.records.container_dir(record.id) / "ctl"
-        # conmon's control FIFO: message type 1 = reopen the log file.
+        ctl = self.records.container_dir(record.id) / "bundle" / "ctl"
+        # conmon's control FIFO: "1 rows cols" resizes the terminal, "2 0 0" reopens the log.
         fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
         try:
-            os.write(fd, b"1 0 0\n")
+            os.write(fd, b"2 0 0\n")
         finally:
             os.close(fd)
 

@@ -257,7 +257,7 @@ class PodWorker:
         waits = [left for _, left in actions.backoff]
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
-            waits.append(30.0)
+            waits.append(60.0)  # the kubelet's syncFrequency; the PLEG wakes us on changes
         init_running = any(
             (o := obs.latest(c.name)) is not None and o.state == CState.RUNNING
             for c in pod.init_containers

@@ -5,6 +5,9 @@
         /pods                                   the pods this node runs (PodList)
         /healthz                                ping, log, syncloop
         /configz                                {"kubeletconfig": <the agent's config>}
+        /exec/{ns}/{pod}/{container}            kubectl exec, SPDY/3.1 upgrade (streaming.py)
+        /attach/{ns}/{pod}/{container}          kubectl attach (conmon's attach socket)
+        /portForward/{ns}/{pod}                 kubectl port-forward (into the pod's netns)
 
 Every request on the HTTPS port is authenticated and authorized first (auth.py):
 without credentials 401, without permission 403, and neither reaches a handler.
@@ -17,6 +20,7 @@ SubjectAccessReviews: the HTTPS API is then served only with --client-ca-file (o
 
 import asyncio
 import dataclasses
+import json
 import logging
 import ssl
 import time
@@ -33,6 +37,7 @@ from kubelet_py.agent.apiclient import ApiClient
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import CONTAINER_NAME, POD_UID
 from kubelet_py.agent.model import Pod
+from kubelet_py.server import streaming
 from kubelet_py.server.auth import (
     AuthenticationError,
     Authenticator,
@@ -155,6 +160,12 @@ class KubeletServer:
         app.router.add_get("/pods", self.pods)
         app.router.add_get("/pods/", self.pods)
         app.router.add_get("/configz", self.configz)
+        for verb in ("GET", "POST"):
+            for path in ("{pod}/{container}", "{pod}/{uid}/{container}"):
+                app.router.add_route(verb, f"/exec/{{namespace}}/{path}", self.exec)
+                app.router.add_route(verb, f"/attach/{{namespace}}/{path}", self.attach)
+            for path in ("{pod}", "{pod}/{uid}"):
+                app.router.add_route(verb, f"/portForward/{{namespace}}/{path}", self.port_forward)
         self._add_healthz(app)
         return app
 
@@ -410,3 +421,95 @@ class KubeletServer:
             log.debug("asking the runtime about %s/%s failed: %s", uid, container, err)
             return True  # the runtime is unsure, not the container gone: keep following
         return status.state in _ALIVE_STATES
+
+    # ---- exec, attach, port-forward (streaming.py) --------------------------------------------
+
+    def _runtime_root(self) -> Path:
+        """Where the embedded runtime keeps its records (the agent's <root>/runtime)."""
+        return self.host.root / "runtime"
+
+    def _streaming_pod(self, request: web.Request) -> Pod:
+        namespace = request.match_info["namespace"]
+        pod_name = request.match_info["pod"]
+        pod = self._find_pod(namespace, pod_name)
+        uid = request.match_info.get("uid")
+        if pod is None or (uid and pod.uid != uid):
+            raise web.HTTPNotFound(text=f'pod "{pod_name}" does not exist')
+        return pod
+
+    async def _running_container(self, pod: Pod, container: str) -> str:
+        try:
+            listed = await self.host.cri.list_containers(
+                {POD_UID: pod.uid, CONTAINER_NAME: container}
+            )
+        except CRIError as err:
+            raise web.HTTPInternalServerError(text=f"asking the runtime failed: {err}") from err
+        running = [c for c in listed if c.state == api_pb2.ContainerState.CONTAINER_RUNNING]
+        if not running:
+            names = {c.name for c in (*pod.containers, *pod.init_containers)}
+            if container not in names:
+                raise web.HTTPNotFound(
+                    text=f'container "{container}" not found in pod "{pod.name}"'
+                )
+            raise web.HTTPBadRequest(text=f'container "{container}" is not running')
+        running.sort(key=lambda c: c.metadata.attempt)
+        return str(running[-1].id)
+
+    async def _start_exec(
+        self, container_id: str, opts: streaming.ExecOptions
+    ) -> streaming.ExecProcess:
+        from cri.runtime.executor import ConmonExecutor
+
+        root = self._runtime_root()
+        record = json.loads(
+            await asyncio.to_thread(
+                (root / "containers" / container_id / "container.json").read_text
+            )
+        )
+        executor = ConmonExecutor(state_dir=root)
+        proc: streaming.ExecProcess = await executor.exec_stream(
+            container_id,
+            opts.command,
+            tty=opts.tty,
+            stdin=opts.stdin,
+            user=record.get("user") or None,
+            env=list(record.get("env") or []),
+            cwd=record.get("cwd") or None,
+        )
+        return proc
+
+    def _sandbox_netns(self, uid: str) -> str | None:
+        ready = []
+        for path in (self._runtime_root() / "sandboxes").glob("*/sandbox.json"):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("uid") == uid and rec.get("state") == "SANDBOX_READY":
+                ready.append(rec)
+        if not ready:
+            raise web.HTTPNotFound(text="no running sandbox for the pod")
+        ready.sort(key=lambda r: int(r.get("created_at_ns") or 0))
+        netns = ready[-1].get("netns")
+        return str(netns) if netns else None
+
+    async def exec(self, request: web.Request) -> web.StreamResponse:
+        opts = streaming.parse_exec_options(request.query)
+        pod = self._streaming_pod(request)
+        cid = await self._running_container(pod, request.match_info["container"])
+        return await streaming.serve_exec(
+            request, opts, lambda o: self._start_exec(cid, o), closing=self._closing
+        )
+
+    async def attach(self, request: web.Request) -> web.StreamResponse:
+        opts = streaming.parse_exec_options(request.query, attach=True)
+        pod = self._streaming_pod(request)
+        cid = await self._running_container(pod, request.match_info["container"])
+        root = self._runtime_root()
+        return await streaming.serve_attach(request, opts, root, cid, closing=self._closing)
+
+    async def port_forward(self, request: web.Request) -> web.StreamResponse:
+        pod = self._streaming_pod(request)
+        netns = await asyncio.to_thread(self._sandbox_netns, pod.uid)
+        what = f"{pod.name}_{pod.namespace}, uid {pod.uid}"
+        return await streaming.serve_port_forward(request, netns, what, closing=self._closing)

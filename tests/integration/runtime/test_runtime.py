@@ -270,3 +270,18 @@ def test_update_container_resources(cri: CRI) -> None:
     cpu = next(Path("/sys/fs/cgroup/cpu").glob(f"**/{ctr_id}"))
     assert int((mem / "memory.limit_in_bytes").read_text()) == 96 * 1024 * 1024
     assert int((cpu / "cpu.cfs_quota_us").read_text()) == 20000
+
+
+def test_reopen_container_log_after_rotation(cri: CRI) -> None:
+    """ReopenContainerLog makes conmon write to a fresh file after the old one was moved away."""
+    _, ctr_id = cri.run_container(
+        "rotate", "main", ["sh", "-c", "i=0; while true; do echo n $i; i=$((i+1)); sleep 0.1; done"]
+    )
+    log = Path(str(cri.wait_state(ctr_id, "CONTAINER_RUNNING")["logPath"]))
+    time.sleep(0.5)
+    rotated = log.with_suffix(".log.1")
+    log.rename(rotated)
+    cri.crictl("logs", "--reopen", ctr_id, check=False)
+    time.sleep(0.5)
+    assert log.exists() and "stdout F n " in log.read_text()
+    assert "stdout F n " in rotated.read_text()
