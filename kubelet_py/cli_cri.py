@@ -32,6 +32,12 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         default="kubelet-py",
         help="name of the cgroup made beneath this process's own cgroup for all pods",
     )
+    serve.add_argument(
+        "--oci-runtime",
+        default="runc",
+        metavar="NAME|PATH",
+        help="the OCI executor under conmon: runc (default), kubelet-py-oci (ours) or crun",
+    )
     serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
     serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
     serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
@@ -40,7 +46,10 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 async def _serve(args: argparse.Namespace) -> int:
     images = ImageService(args.root / "images", registry=registry_config(args))
     runtime = RuntimeService(
-        args.root / "runtime", images=images, cgroup_parent_name=args.cgroup_parent
+        args.root / "runtime",
+        images=images,
+        cgroup_parent_name=args.cgroup_parent,
+        oci_runtime=args.oci_runtime,
     )
     images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()

@@ -37,7 +37,6 @@ class ExecResult:
 
 class ConmonExecutor:
     def __init__(self, *, state_dir: Path, runtime: str = "runc", conmon: str = "conmon") -> None:
-        self.runtime = shutil.which(runtime) or runtime
         self.conmon = shutil.which(conmon) or conmon
         self.state_dir = state_dir
         self.runtime_root = state_dir / "oci"
@@ -45,6 +44,14 @@ class ConmonExecutor:
         self.sockets_dir = state_dir / "sockets"
         for d in (self.runtime_root, self.exits_dir, self.sockets_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if runtime == "kubelet-py-oci":
+            # Our own executor (cri.oci), started as `python3 -IS` by a small launcher:
+            # pip's console-script wrapper would cost ~25 ms per call.
+            from cri.oci.launcher import write_launcher
+
+            self.runtime = write_launcher(str(state_dir / "kubelet-py-oci"))
+        else:
+            self.runtime = shutil.which(runtime) or runtime
 
     def _runtime_argv(self, *args: str) -> list[str]:
         return [self.runtime, f"--root={self.runtime_root}", *args]

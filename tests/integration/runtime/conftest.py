@@ -48,6 +48,7 @@ class CRI:
     proc: subprocess.Popen[bytes]
     log_path: Path
     work: Path
+    oci_runtime: str = "runc"
 
     def crictl(self, *args: str, check: bool = True, timeout_s: float = 60) -> str:
         endpoint = f"unix://{self.socket}"
@@ -124,11 +125,13 @@ class CRI:
                 self.crictl("rmp", pod_id, check=False)
 
 
-def start_server(root: Path, socket: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    root: Path, socket: Path, log_path: Path, oci_runtime: str = "runc"
+) -> subprocess.Popen[bytes]:
     log = log_path.open("ab")
     proc = subprocess.Popen(
         ["python3", "-m", "kubelet_py", "cri", "serve", "--root", str(root), "--socket",
-         str(socket), "--cgroup-parent", "kubelet-py-test"],
+         str(socket), "--cgroup-parent", "kubelet-py-test", "--oci-runtime", oci_runtime],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
@@ -150,18 +153,20 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-@pytest.fixture
-def cri(runtime_images: Path, tmp_path: Path) -> Iterator[CRI]:
-    """A fresh CRI server on a shared image store; every pod removed afterwards."""
+@pytest.fixture(params=["runc", "kubelet-py-oci"])
+def cri(runtime_images: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CRI]:
+    """A fresh CRI server on a shared image store, once with runc and once with our own OCI
+    executor beneath conmon; every pod removed afterwards."""
     crictl_bin = ensure_go_tool("crictl")
     socket = tmp_path / "cri.sock"
     log_path = tmp_path / "cri.log"
-    proc = start_server(runtime_images, socket, log_path)
-    handle = CRI(runtime_images, socket, crictl_bin, proc, log_path, tmp_path)
+    oci = str(request.param)
+    proc = start_server(runtime_images, socket, log_path, oci)
+    handle = CRI(runtime_images, socket, crictl_bin, proc, log_path, tmp_path, oci)
     try:
         yield handle
     finally:
         if handle.proc.poll() is not None:  # a test killed it: bring one up to clean up
-            handle.proc = start_server(runtime_images, socket, log_path)
+            handle.proc = start_server(runtime_images, socket, log_path, oci)
         handle.cleanup_all()
         stop_server(handle.proc)
