@@ -144,6 +144,18 @@ def container_config_from(pb: Any) -> model.ContainerConfig:
     )
 
 
+def _wanted(r: ContainerRecord, f: Any) -> bool:
+    """ContainerFilter / ContainerStatsFilter: ID and sandbox prefixes, state, labels."""
+    if f.id and not r.id.startswith(f.id):
+        return False
+    if f.pod_sandbox_id and not r.sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    has_state = "state" in f.DESCRIPTOR.fields_by_name and f.HasField("state")
+    if has_state and _container_state(r) != f.state.state:
+        return False
+    return all(r.labels.get(k) == v for k, v in f.label_selector.items())
+
+
 def _fill_usage(cpu: Any, memory: Any, s: CgroupStats, now: int) -> None:
     cpu.timestamp = now
     cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
@@ -301,17 +313,7 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     async def ListContainers(self, request: Any, context: Any) -> Any:
         f = request.filter
-        out = []
-        for r in self.rt.containers():
-            if f.id and not r.id.startswith(f.id):
-                continue
-            if f.pod_sandbox_id and not r.sandbox_id.startswith(f.pod_sandbox_id):
-                continue
-            if f.HasField("state") and _container_state(r) != f.state.state:
-                continue
-            if any(r.labels.get(k) != v for k, v in f.label_selector.items()):
-                continue
-            out.append(self._container_pb(r))
+        out = [self._container_pb(r) for r in self.rt.containers() if _wanted(r, f)]
         return api_pb2.ListContainersResponse(containers=out)
 
     async def ContainerStatus(self, request: Any, context: Any) -> Any:
@@ -407,15 +409,7 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     async def ListContainerStats(self, request: Any, context: Any) -> Any:
         f = request.filter
-        out = []
-        for r in self.rt.containers():
-            if f.id and not r.id.startswith(f.id):
-                continue
-            if f.pod_sandbox_id and not r.sandbox_id.startswith(f.pod_sandbox_id):
-                continue
-            if any(r.labels.get(k) != v for k, v in f.label_selector.items()):
-                continue
-            out.append(self._stats_pb(r))
+        out = [self._stats_pb(r) for r in self.rt.containers() if _wanted(r, f)]
         return api_pb2.ListContainerStatsResponse(stats=out)
 
     async def PodSandboxStats(self, request: Any, context: Any) -> Any:

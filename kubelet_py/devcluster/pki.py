@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubelet_py.devcluster.fsutil import write_atomic
+from kubelet_py.x509util import key_pem, key_usage, new_key
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,18 +53,6 @@ class CertKeyPair:
         return cert_path, key_path
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _name(common_name: str, organizations: Sequence[str] = ()) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -78,7 +67,7 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, common_name: str) -> "CertificateAuthority":
-        key = _new_key()
+        key = new_key()
         now = datetime.datetime.now(datetime.UTC)
         name = _name(common_name)
         cert = (
@@ -91,23 +80,13 @@ class CertificateAuthority:
             .not_valid_after(now + _CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage(ca=True),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        return cls(CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)))
+        return cls(CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key)))
 
     def issue(
         self,
@@ -124,7 +103,7 @@ class CertificateAuthority:
         ca_cert = self.pair.certificate
         ca_key = serialization.load_pem_private_key(self.pair.key_pem, password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = _new_key()
+        key = new_key()
         now = datetime.datetime.now(datetime.UTC)
         usages = []
         if client:
@@ -141,17 +120,7 @@ class CertificateAuthority:
             .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage(ca=False),
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -164,7 +133,7 @@ class CertificateAuthority:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
 def kubeconfig_yaml(
@@ -280,8 +249,8 @@ def create_cluster_pki(
     )
     front_proxy_ca.issue("front-proxy-client", client=True).write(directory, "front-proxy-client")
 
-    sa_key = _new_key()
-    write_atomic(directory / "sa.key", _key_pem(sa_key), mode=0o600)
+    sa_key = new_key()
+    write_atomic(directory / "sa.key", key_pem(sa_key), mode=0o600)
     write_atomic(
         directory / "sa.pub",
         sa_key.public_key().public_bytes(

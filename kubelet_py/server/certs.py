@@ -8,13 +8,14 @@ year, replaces it (written to a temporary name, then renamed; the key is 0600).
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cri.fsutil import write_atomic
+from kubelet_py.x509util import key_pem, key_usage, new_key
 
 CERT_NAME = "kubelet.crt"
 KEY_NAME = "kubelet.key"
@@ -43,16 +44,6 @@ def _usable(cert_path: Path, key_path: Path, sans: list[x509.GeneralName]) -> bo
     return left > _RENEW_BEFORE and all(san in have for san in sans)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def ensure_serving_cert(directory: Path, node_name: str, node_ip: str) -> tuple[Path, Path]:
     """Paths of a serving certificate and key for this node, made if needed."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -60,7 +51,7 @@ def ensure_serving_cert(directory: Path, node_name: str, node_ip: str) -> tuple[
     sans = _sans(node_name, node_ip)
     if _usable(cert_path, key_path, sans):
         return cert_path, key_path
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     now = datetime.datetime.now(datetime.UTC)
     cn = f"{node_name}@{int(now.timestamp())}"  # as the kubelet names its self-signed cert
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -74,26 +65,13 @@ def ensure_serving_cert(directory: Path, node_name: str, node_ip: str) -> tuple[
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(ca=False),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write(key_path, key_pem, 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, key_pem(key), mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return cert_path, key_path

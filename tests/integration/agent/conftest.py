@@ -1,11 +1,13 @@
 """A kubelet-py node agent in a lab node namespace, joined to the session's real cluster."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,25 @@ def _teardown(cluster: LocalCluster, core: client.CoreV1Api, node: AgentNode) ->
     except client.ApiException:
         pass
     cluster.netlab.remove_node(node.name)
+
+
+@contextlib.contextmanager
+def fresh_namespace(admin_api: client.ApiClient, prefix: str) -> Iterator[str]:
+    """A new namespace whose default service account exists (pods are refused before it does)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(
+        "the default service account",
+        lambda: any(
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+        ),
+        30,
+    )
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 def pod_json(name: str, containers: list[dict[str, object]], **spec: object) -> dict[str, object]:

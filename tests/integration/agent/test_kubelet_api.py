@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from kubernetes import client
 
 from kubelet_py.devcluster import LocalCluster
 from kubelet_py.devcluster.netlab import run_in_netns
-from tests.integration.agent.conftest import IMAGE, AgentNode, wait_for
+from tests.integration.agent.conftest import IMAGE, AgentNode, fresh_namespace, wait_for
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
 
@@ -32,18 +31,8 @@ TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
 @pytest.fixture(scope="module")
 def api_ns(agent_node: AgentNode, admin_api: client.ApiClient) -> Iterator[str]:
     """A namespace for this module's pods (its default service account exists)."""
-    name = f"k-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(admin_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(
-        "the default service account",
-        lambda: any(
-            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
-        ),
-        30,
-    )
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(admin_api, "k") as name:
+        yield name
 
 
 def _pod(name: str, script: str, *, restart: str = "Always", volumes: bool = False) -> client.V1Pod:

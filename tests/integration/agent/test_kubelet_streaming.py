@@ -21,7 +21,6 @@ import subprocess
 import termios
 import time
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from kubernetes import client
 from kubelet_py.devcluster import LocalCluster
 from kubelet_py.devcluster.netlab import run_in_netns
 from kubelet_py.server import spdy
-from tests.integration.agent.conftest import IMAGE, AgentNode, wait_for
+from tests.integration.agent.conftest import IMAGE, AgentNode, fresh_namespace, wait_for
 
 SPDY_ENV = {
     "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
@@ -65,18 +64,8 @@ def kubectl(
 
 @pytest.fixture(scope="module")
 def ns(agent_node: AgentNode, admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"s-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(admin_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(
-        "the default service account",
-        lambda: any(
-            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
-        ),
-        30,
-    )
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(admin_api, "s") as name:
+        yield name
 
 
 def _run(

@@ -3,31 +3,19 @@ init order, crash backoff, env from configMap, and the projected service-account
 
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from kubelet_py.devcluster import LocalCluster
-from tests.integration.agent.conftest import IMAGE, AgentNode, wait_for
+from tests.integration.agent.conftest import IMAGE, AgentNode, fresh_namespace, wait_for
 
 
 @pytest.fixture
 def ns(admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"a-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(admin_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    # Pods are refused until the service-account controller made "default" (real clusters too).
-    wait_for(
-        "the default service account",
-        lambda: any(
-            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
-        ),
-        30,
-    )
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(admin_api, "a") as name:
+        yield name
 
 
 def cri_lines(text: str) -> list[str]:
