@@ -47,7 +47,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     cluster_cmds = cluster.add_subparsers(dest="cluster_command", metavar="<action>")
     cluster_cmds.required = True
     cluster_cmds.add_parser(
-        "build", help="build and cache the control-plane binaries and crictl, then exit"
+        "build", help="build and cache the control-plane binaries, crictl and helm, then exit"
     )
     up = cluster_cmds.add_parser(
         "up", help="start the control plane, print what to try, and run until Ctrl-C"
@@ -98,6 +98,12 @@ def _add_lazy_parsers(
         cli_node.add_parser(commands)
     else:
         commands.add_parser("node", help="run the node agent")
+    if wanted in ("join", "-h", "--help", ""):
+        from kubelet_py import cli_join
+
+        cli_join.add_parser(commands)
+    else:
+        commands.add_parser("join", help="join a cluster as a node with a bootstrap token")
     if wanted in ("cri", "-h", "--help", ""):
         from kubelet_py import cli_cri
 
@@ -126,8 +132,10 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         binaries = ensure_binaries(progress=_progress)
         if args.cluster_command == "build":
             crictl = ensure_go_tool("crictl", progress=_progress)
+            helm = ensure_go_tool("helm", progress=_progress)
             print(binaries.bin_dir)
             print(crictl)
+            print(helm)
             return 0
         cluster = LocalCluster(binaries=binaries, work_dir=args.work_dir, progress=_progress)
         with cluster:
@@ -202,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubelet_py import cli_cri
 
         return cli_cri.run(args)
+    if args.command == "join":
+        from kubelet_py import cli_join
+
+        return cli_join.run(args)
     if args.command == "node":
         from kubelet_py import cli_node
 

@@ -31,11 +31,16 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     actions = node.add_subparsers(dest="node_command", metavar="<action>")
     actions.required = True
     run = actions.add_parser("run", help="run until SIGTERM or Ctrl-C")
+    add_run_arguments(run)
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The node agent's flags (shared with `kubelet-py join`, which starts the node after)."""
     run.add_argument("--config", type=Path, help="a KubeletConfiguration YAML file")
     run.add_argument("--kubeconfig", type=Path, help="credentials for the API server")
     run.add_argument("--hostname-override", "--node-name", dest="node_name", default=None)
     run.add_argument("--node-ip", default=None, help="the node's InternalIP")
-    run.add_argument("--root-dir", type=Path, default=Path("/var/lib/kubelet-py"))
+    run.add_argument("--root-dir", "--root", type=Path, default=Path("/var/lib/kubelet-py"))
     run.add_argument("--pod-manifest-path", type=Path, default=None, help="static pod directory")
     run.add_argument("--node-labels", default="", help="key=value,... to register the node with")
     run.add_argument("--register-with-taints", default="", help="key=value:Effect,...")
@@ -49,6 +54,26 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
     run.add_argument("--cluster-domain", default="cluster.local")
+    run.add_argument(
+        "--rotate-certificates",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="renew the client certificate (the kubeconfig's client-certificate file) through "
+        "CSRs at 70-90%% of its lifetime (default: on for `join`, off for `node run`)",
+    )
+    run.add_argument(
+        "--rotate-server-certificates",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="get the kubelet API's serving certificate from a kubernetes.io/kubelet-serving CSR "
+        "(self-signed until an approver approves it) and renew it (default: on for `join`)",
+    )
     api = run.add_argument_group("kubelet API (HTTPS: kubectl logs through the API server)")
     api.add_argument("--port", type=int, default=None, help="HTTPS port (10250); 0 turns it off")
     api.add_argument(
@@ -153,6 +178,16 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_pods=int(file_cfg.get("maxPods", 110)),
         plain_http_registries=tuple(args.plain_http_registry),
         kubelet_server=_server_config(args, file_cfg),
+        rotate_client_certificates=bool(
+            args.rotate_certificates
+            if args.rotate_certificates is not None
+            else file_cfg.get("rotateCertificates", False)
+        ),
+        rotate_server_certificates=bool(
+            args.rotate_server_certificates
+            if args.rotate_server_certificates is not None
+            else file_cfg.get("serverTLSBootstrap", False)
+        ),
     )
 
 

@@ -26,6 +26,9 @@ from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
+from kubelet_py.bootstrap.csr import CertKind, CertRequest, serving_request
+from kubelet_py.bootstrap.rotation import CertificateRotator
+from kubelet_py.bootstrap.store import SERVER_PREFIX, CertStore
 from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 
 log = logging.getLogger("kubelet_py.agent")
@@ -50,6 +53,10 @@ class AgentConfig:
     plain_http_registries: tuple[str, ...] = ()
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
+    rotate_client_certificates: bool = False
+    """Renew the kubeconfig's client-certificate file via CSRs (kubelet --rotate-certificates)."""
+    rotate_server_certificates: bool = False
+    """Get and renew the serving cert through kubelet-serving CSRs (serverTLSBootstrap)."""
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -275,6 +282,40 @@ class Agent:
             log.info("ending pod %s/%s: no source has it any more", orphan.namespace, orphan.name)
             self.upsert(orphan)
 
+    # ---- certificates -------------------------------------------------------------------
+
+    def _rotators(self) -> list[tuple[str, CertificateRotator]]:
+        """Renewal loops for the client and serving certificates, as configured."""
+        api, out = self.api, []
+        if api is None:
+            return []
+        cert_file = api.cfg.cert_file
+        if self.config.rotate_client_certificates:
+            if cert_file is None or not cert_file.name.endswith("-current.pem"):
+                log.warning(
+                    "not rotating the client certificate: the kubeconfig does not name a "
+                    "<prefix>-current.pem file (as `kubelet-py join` writes it)"
+                )
+            else:
+                store = CertStore(cert_file.parent, cert_file.name.removesuffix("-current.pem"))
+                rotator = CertificateRotator(
+                    api=api,
+                    store=store,
+                    request=CertRequest(CertKind.CLIENT, self.config.node_name),
+                    on_rotated=lambda path: api.reload_client_certificate(Path(path)),
+                )
+                out.append(("rotate-client-cert", rotator))
+        if self.config.rotate_server_certificates and self.config.kubelet_server.port:
+            cert_dir = self.config.kubelet_server.cert_dir or self.config.root / "pki"
+            rotator = CertificateRotator(
+                api=api,
+                store=CertStore(cert_dir, SERVER_PREFIX),
+                request=serving_request(self.config.node_name, [self.config.node_ip]),
+                on_rotated=self.kubelet_server.use_serving_cert,
+            )
+            out.append(("rotate-serving-cert", rotator))
+        return out
+
     # ---- run ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -292,6 +333,8 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self.kubelet_server.run(), name="kubelet-server")
+                for name, rotator in self._rotators():
+                    tg.create_task(rotator.run(), name=name)
                 api_source = None
                 if self.api is not None:
                     node = NodeManager(

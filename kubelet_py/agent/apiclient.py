@@ -46,6 +46,8 @@ class KubeConfig:
     key_pem: bytes | None
     token: str | None
     insecure: bool = False
+    cert_file: Path | None = None
+    """The client certificate's file when the kubeconfig names one (it may rotate)."""
 
 
 def load_kubeconfig(path: Path) -> KubeConfig:
@@ -68,6 +70,10 @@ def load_kubeconfig(path: Path) -> KubeConfig:
             return (ref if ref.is_absolute() else path.parent / ref).read_bytes()
         return None
 
+    cert_file = None
+    if user.get("client-certificate") and not user.get("client-certificate-data"):
+        ref = Path(user["client-certificate"])
+        cert_file = ref if ref.is_absolute() else path.parent / ref
     token = user.get("token")
     if not token and user.get("tokenFile"):
         token = Path(user["tokenFile"]).read_text().strip()
@@ -78,6 +84,7 @@ def load_kubeconfig(path: Path) -> KubeConfig:
         key_pem=data(user, "client-key"),
         token=token,
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        cert_file=cert_file,
     )
 
 
@@ -116,6 +123,14 @@ class ApiClient:
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
             )
         return self._session
+
+    def reload_client_certificate(self, pem_file: Path) -> None:
+        """Use a rotated client cert+key (one PEM file) for every new connection.
+
+        OpenSSL copies the certificate into each connection when it is made, so open
+        connections (watches in flight) keep the one they started with.
+        """
+        self._ssl.load_cert_chain(str(pem_file))
 
     async def close(self) -> None:
         if self._session is not None:

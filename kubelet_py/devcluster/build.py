@@ -231,11 +231,24 @@ def ensure_binaries(
 
 
 def _go_build_with_progress(
-    args: list[str], *, cwd: Path, total_packages: int, progress: Progress
+    args: list[str],
+    *,
+    cwd: Path,
+    total_packages: int,
+    progress: Progress,
+    env: Mapping[str, str] | None = None,
 ) -> None:
-    """Run `go build -v`, turning its one-line-per-compiled-package output into progress."""
+    """Run `go build -v` (or `install -v`), turning its one-line-per-package output into progress.
+
+    `total_packages` 0 means unknown: progress then counts packages without a percentage.
+    """
     proc = subprocess.Popen(
-        ["go", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["go", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(env) if env is not None else None,
     )
     assert proc.stdout is not None
     compiled = 0
@@ -249,13 +262,18 @@ def _go_build_with_progress(
         now = time.monotonic()
         if now - last_report >= 5:
             last_report = now
-            pct = min(99, 100 * compiled // max(total_packages, 1))
-            progress(f"  compiling: {compiled} of ~{total_packages} packages ({pct}%)")
+            if total_packages:
+                pct = min(99, 100 * compiled // total_packages)
+                progress(f"  compiling: {compiled} of ~{total_packages} packages ({pct}%)")
+            else:
+                progress(f"  compiling: {compiled} packages so far")
     if proc.wait() != 0:
-        raise BuildError("go build of the control plane failed:\n" + "\n".join(tail))
+        raise BuildError(f"go {args[0]} failed:\n" + "\n".join(tail))
 
 
 # ---- single Go tools (no replace directives, so `go install pkg@version` works) ----
+
+HELM_VERSION = "v3.22.0"
 
 GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
     # name: (package, version, ldflags)
@@ -263,6 +281,14 @@ GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
         "sigs.k8s.io/cri-tools/cmd/crictl",
         "v1.37.0",
         "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0",
+    ),
+    # helm v3 (the chart in helm/ is linted, rendered and installed with it); its go.mod
+    # has no replace directives, so `go install` builds it as released.
+    "helm": (
+        "helm.sh/helm/v3/cmd/helm",
+        HELM_VERSION,
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+        " -X helm.sh/helm/v3/internal/version.gitTreeState=clean",
     ),
 }
 
@@ -281,17 +307,19 @@ def ensure_go_tool(
     tmp = key_dir.with_name(key_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    env = {**os.environ, "GOBIN": str(tmp)}
-    proc = subprocess.run(
-        ["go", "install", "-ldflags", ldflags, f"{package}@{version}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
+    started = time.monotonic()
+    try:
+        _go_build_with_progress(
+            ["install", "-v", "-ldflags", ldflags, f"{package}@{version}"],
+            cwd=tmp,
+            total_packages=0,
+            progress=progress,
+            env={**os.environ, "GOBIN": str(tmp)},
+        )
+    except BuildError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BuildError(f"building {name} {version} failed:\n{proc.stderr.strip()[-4000:]}")
+        raise BuildError(f"building {name} {version} failed: {err}") from err
+    progress(f"  built {name} in {time.monotonic() - started:.0f} s")
     shutil.rmtree(key_dir, ignore_errors=True)
     tmp.rename(key_dir)
     return binary

@@ -15,6 +15,7 @@ allocates pod CIDRs to nodes and signs CSRs with the cluster CA.
 Processes are ended by the PIDs this object recorded, never by name.
 """
 
+import datetime
 import http.client
 import ipaddress
 import json
@@ -26,11 +27,15 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from kubelet_py.bootstrap.clusterside import join_objects
+from kubelet_py.bootstrap.discovery import ca_cert_hash_of_pem
+from kubelet_py.bootstrap.token import NODE_TOKEN_GROUP, BootstrapToken
 from kubelet_py.devcluster.build import ControlPlaneBinaries
 from kubelet_py.devcluster.errors import ComponentStartError, DevClusterError
 from kubelet_py.devcluster.forward import LoopbackForwarder
@@ -159,6 +164,7 @@ class LocalCluster:
         networks: ClusterNetworks | None = None,
         progress: Progress = print,
         remove_work_dir: bool | None = None,
+        cluster_signing_duration_s: int | None = None,
     ) -> None:
         self.binaries = binaries
         self._own_work_dir = work_dir is None
@@ -176,6 +182,8 @@ class LocalCluster:
         self._forwarder: LoopbackForwarder | None = None
         self._pki: ClusterPKI | None = None
         self.api_port = 0
+        # kcm's --cluster-signing-duration: short lifetimes let tests watch rotation happen.
+        self.cluster_signing_duration_s = cluster_signing_duration_s
 
     # ---- paths and addresses -------------------------------------------------
 
@@ -302,6 +310,70 @@ class LocalCluster:
             user=f"system:node:{node_name}",
             client=self.node_credentials(node_name),
         )
+
+    # ---- joining (TLS bootstrap) ---------------------------------------------------
+
+    @property
+    def ca_cert_hash(self) -> str:
+        """kubeadm's `sha256:<hex>` pin of the cluster CA, for `kubelet-py join`."""
+        return ca_cert_hash_of_pem(self.pki.ca.pair.cert_pem)
+
+    def apply(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        """`kubectl apply` a list of objects as admin."""
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        proc = subprocess.run(
+            [
+                str(self.binaries.kubectl),
+                f"--kubeconfig={self.admin_kubeconfig}",
+                "apply",
+                "-f",
+                "-",
+            ],
+            input=doc,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise DevClusterError(f"kubectl apply failed: {proc.stderr.strip()}")
+
+    def prepare_for_joining(self, **rbac: Any) -> None:
+        """What the Helm chart installs for joining: bootstrap RBAC, cluster-info and its RBAC."""
+        self.apply(
+            join_objects(server=self.lab_server_url, ca_pem=self.pki.ca.pair.cert_pem, **rbac)
+        )
+
+    def create_bootstrap_token(
+        self,
+        *,
+        ttl_s: float | None = 3600.0,
+        groups: Sequence[str] = (NODE_TOKEN_GROUP,),
+        wait_signed: bool = True,
+        timeout_s: float = 30.0,
+    ) -> BootstrapToken:
+        """A new token Secret; by default wait until the bootstrapsigner has signed cluster-info."""
+        token = BootstrapToken.generate()
+        expiration = (
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl_s)
+            if ttl_s is not None
+            else None
+        )
+        self.apply([token.secret_manifest(expiration=expiration, groups=groups)])
+        deadline = time.monotonic() + timeout_s
+        while wait_signed:
+            out = self.kubectl(
+                "get", "configmap", "cluster-info", "-n", "kube-public", "-o", "json"
+            ).stdout
+            if f"jws-kubeconfig-{token.id}" in json.loads(out).get("data", {}):
+                break
+            if time.monotonic() > deadline:
+                raise DevClusterError(
+                    f"the bootstrapsigner did not sign cluster-info for token {token.id} "
+                    f"within {timeout_s:.0f} s (is cluster-info there? prepare_for_joining())"
+                )
+            time.sleep(0.2)
+        return token
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl as admin from the root namespace."""
@@ -468,6 +540,11 @@ class LocalCluster:
             f"--client-ca-file={pki.ca_cert}",
             "--use-service-account-credentials=true",
             "--controllers=*,bootstrapsigner,tokencleaner",
+            *(
+                [f"--cluster-signing-duration={self.cluster_signing_duration_s}s"]
+                if self.cluster_signing_duration_s
+                else []
+            ),
             "--leader-elect=false",
             # A lab cluster notices a dead node in ~20 s instead of 50 s, so tests of
             # NotReady stay short; heartbeats (Lease, 10 s) are unchanged.

@@ -18,6 +18,8 @@ from cri.fsutil import write_atomic
 from kubelet_py.x509util import key_pem, key_usage, new_key
 
 CERT_NAME = "kubelet.crt"
+# A CA-signed pair (cert + key in one file) from a kubelet-serving CSR, preferred when present.
+ISSUED_SERVING_CERT = "kubelet-server-current.pem"
 KEY_NAME = "kubelet.key"
 _VALIDITY = datetime.timedelta(days=365)
 _RENEW_BEFORE = datetime.timedelta(days=30)

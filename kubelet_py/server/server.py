@@ -11,7 +11,10 @@
 
 Every request on the HTTPS port is authenticated and authorized first (auth.py):
 without credentials 401, without permission 403, and neither reaches a handler.
-The serving certificate is self-signed and kept in <root-dir>/pki (certs.py).
+The serving certificate is self-signed and kept in <root-dir>/pki (certs.py), unless a
+CA-signed one from a kubelet-serving CSR is there (pki/kubelet-server-current.pem, kept
+fresh by kubelet_py.bootstrap.rotation); `use_serving_cert()` swaps a renewed one in for
+new TLS handshakes without touching connections already open.
 
 Without an API server (a standalone node) there is nobody to ask for TokenReviews or
 SubjectAccessReviews: the HTTPS API is then served only with --client-ca-file (or
@@ -45,7 +48,7 @@ from kubelet_py.server.auth import (
     Authorizer,
     request_attributes,
 )
-from kubelet_py.server.certs import ensure_serving_cert
+from kubelet_py.server.certs import ISSUED_SERVING_CERT, ensure_serving_cert
 from kubelet_py.server.config import ServerConfig
 from kubelet_py.server.logs import (
     LogOptions,
@@ -121,6 +124,7 @@ class KubeletServer:
         )
         self.started = asyncio.Event()
         self._closing = asyncio.Event()
+        self._tls: ssl.SSLContext | None = None
         self._born = time.monotonic()
 
     # ---- serving ------------------------------------------------------------------------
@@ -136,15 +140,27 @@ class KubeletServer:
     def ssl_context(self) -> ssl.SSLContext:
         """TLS for :10250: our serving cert; client certs optional, verified if sent."""
         cert_dir = self.config.cert_dir or self.host.root / "pki"
-        cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert, key)
+        issued = cert_dir / ISSUED_SERVING_CERT
+        try:
+            ctx.load_cert_chain(issued)
+            log.info("serving with the CA-signed certificate %s", issued)
+        except (OSError, ssl.SSLError):
+            cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
+            ctx.load_cert_chain(cert, key)
         ca = self._client_ca()
         if ca:
             ctx.load_verify_locations(cadata=ca)
             ctx.verify_mode = ssl.CERT_OPTIONAL
+        self._tls = ctx
         return ctx
+
+    def use_serving_cert(self, pem_file: str) -> None:
+        """Serve new TLS connections with a (renewed) cert+key PEM; open ones keep theirs."""
+        if self._tls is not None:
+            self._tls.load_cert_chain(pem_file)
+            log.info("serving certificate replaced by %s for new connections", pem_file)
 
     def https_enabled(self) -> bool:
         if self.config.port == 0:
