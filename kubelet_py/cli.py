@@ -104,6 +104,12 @@ def _add_lazy_parsers(
         cli_join.add_parser(commands)
     else:
         commands.add_parser("join", help="join a cluster as a node with a bootstrap token")
+    if wanted in ("token", "-h", "--help", ""):
+        from kubelet_py import cli_token
+
+        cli_token.add_parser(commands)
+    else:
+        commands.add_parser("token", help="make bootstrap tokens for joining nodes")
     if wanted in ("cri", "-h", "--help", ""):
         from kubelet_py import cli_cri
 
@@ -214,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubelet_py import cli_join
 
         return cli_join.run(args)
+    if args.command == "token":
+        from kubelet_py import cli_token
+
+        return cli_token.run(args)
     if args.command == "node":
         from kubelet_py import cli_node
 
