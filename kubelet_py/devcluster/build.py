@@ -288,7 +288,14 @@ GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
         "helm.sh/helm/v3/cmd/helm",
         HELM_VERSION,
         f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-        " -X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        + " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+        # The Kubernetes release `helm template`/`lint` assume without a cluster (helm's
+        # Makefile stamps the k8s.io modules' version; ours is the release we pin).
+        + "".join(
+            f" -X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+            for pkg in ("chartutil", "lint/rules")
+            for part, value in zip(("Major", "Minor"), K8S_VERSION[1:].split(".")[:2], strict=True)
+        ),
     ),
 }
 

@@ -86,3 +86,14 @@ def test_ldflags_stamp_the_release_version() -> None:
     flags = version_ldflags("v1.37.2")
     assert "-X k8s.io/component-base/version.gitVersion=v1.37.2" in flags
     assert "-X k8s.io/component-base/version.gitMinor=37" in flags
+
+
+def test_helm_is_stamped_with_the_pinned_kubernetes_release() -> None:
+    """helm's offline lint/template assume the Kubernetes minor we pin, not helm's default."""
+    from kubelet_py.devcluster.build import GO_TOOLS, HELM_VERSION, K8S_VERSION
+
+    package, version, ldflags = GO_TOOLS["helm"]
+    minor = K8S_VERSION.split(".")[1]
+    assert package == "helm.sh/helm/v3/cmd/helm" and version == HELM_VERSION
+    assert f"chartutil.k8sVersionMinor={minor}" in ldflags
+    assert f"lint/rules.k8sVersionMinor={minor}" in ldflags
