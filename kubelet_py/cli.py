@@ -77,6 +77,27 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )
     _add_lazy_parsers(commands, argv[0] if argv else "")
 
+    install = commands.add_parser(
+        "install",
+        help="write a systemd unit and /etc/kubelet-py for running kubelet-py on this host",
+        description=(
+            "Write kubelet-py.service, /etc/kubelet-py/config.yaml, kubelet-py.env and the "
+            "static pod directory (under --prefix, / by default). Then: `kubelet-py join "
+            "--no-start ...` and `systemctl daemon-reload && systemctl enable --now kubelet-py`."
+        ),
+    )
+    install.add_argument("--prefix", type=Path, default=Path("/"), help="install under this root")
+    install.add_argument(
+        "--exec",
+        dest="exec_path",
+        type=Path,
+        default=None,
+        help="the kubelet-py executable the unit runs (default: the one on PATH)",
+    )
+    install.add_argument("--config-dir", type=Path, default=Path("/etc/kubelet-py"))
+    install.add_argument("--root-dir", type=Path, default=Path("/var/lib/kubelet-py"))
+    install.add_argument("--force", action="store_true", help="replace files that exist")
+
     down = cluster_cmds.add_parser(
         "down", help="clean up a cluster whose `up` process was killed (by its work dir)"
     )
@@ -168,6 +189,31 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_install(args: argparse.Namespace) -> int:
+    import shutil
+
+    from kubelet_py.install import DEFAULT_EXEC, InstallError, apply_install, plan_install
+
+    found = shutil.which("kubelet-py")
+    exec_path = args.exec_path or (Path(found).absolute() if found else DEFAULT_EXEC)
+    files, dirs = plan_install(
+        args.prefix, exec_path=exec_path, config_dir=args.config_dir, root_dir=args.root_dir
+    )
+    try:
+        apply_install(files, dirs, force=args.force)
+    except InstallError as err:
+        _progress(f"error: {err}")
+        return 1
+    for f in files:
+        print(f.path)
+    _progress(
+        "next: kubelet-py join --no-start --server ... --token ... "
+        "--discovery-token-ca-cert-hash ...; systemctl daemon-reload; "
+        "systemctl enable --now kubelet-py"
+    )
+    return 0
+
+
 def _try_this(kubeconfig: Path, bin_dir: Path, logs: Path) -> str:
     return f"""
 The control plane is up. In another shell:
@@ -224,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubelet_py import cli_token
 
         return cli_token.run(args)
+    if args.command == "install":
+        return _cmd_install(args)
     if args.command == "node":
         from kubelet_py import cli_node
 
