@@ -111,6 +111,7 @@ class CertificateRotator:
             key,
             timeout_s=self.csr_timeout_s,
             progress=lambda m: log.info("%s certificate: %s", self.request.kind.label, m),
+            progress_every_s=60.0,
         )
         path = await asyncio.to_thread(self.store.update, cert_pem, key)
         self.rotations += 1
