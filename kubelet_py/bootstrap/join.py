@@ -136,27 +136,31 @@ async def join(request: JoinRequest, *, progress: Progress = print) -> Path:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     try:
-        _, cert_pem = await request_certificate(
-            api,
-            CertRequest(CertKind.CLIENT, request.node_name),
-            key,
-            timeout_s=request.csr_timeout_s,
-            progress=progress,
+        try:
+            _, cert_pem = await request_certificate(
+                api,
+                CertRequest(CertKind.CLIENT, request.node_name),
+                key,
+                timeout_s=request.csr_timeout_s,
+                progress=progress,
+            )
+        finally:
+            await api.close()
+        _check_issued(cert_pem, request.node_name, public)
+        path = install_join_credentials(
+            kubeconfig=request.kubeconfig,
+            store=request.client_store,
+            cert_pem=cert_pem,
+            key=key,
+            server=info.server,
+            ca_pem=info.ca_pem,
+            node_name=request.node_name,
+            cluster_name=info.cluster_name,
         )
     finally:
-        await api.close()
-    _check_issued(cert_pem, request.node_name, public)
-    path = install_join_credentials(
-        kubeconfig=request.kubeconfig,
-        store=request.client_store,
-        cert_pem=cert_pem,
-        key=key,
-        server=info.server,
-        ca_pem=info.ca_pem,
-        node_name=request.node_name,
-        cluster_name=info.cluster_name,
-    )
-    bootstrap_path.unlink(missing_ok=True)
+        # Done or failed, the token's file goes: a retry writes it again, and a token
+        # should not lie around on disk longer than the join that needed it.
+        bootstrap_path.unlink(missing_ok=True)
     progress(f"wrote {path} (client certificate {request.client_store.current_path})")
     return path
 
