@@ -105,6 +105,34 @@ def test_template_renders_the_objects_the_devcluster_applies(helm: Path) -> None
         assert _strip(theirs[key]) == _strip(obj), key
 
 
+def test_template_wires_the_s3_driver_as_csi_volumes_expects(helm: Path) -> None:
+    """StorageClass secret parameters, the credentials Secret keys and the provisioner pod."""
+    out = _helm(
+        helm, "template", "kp", str(CHART),
+        "--set", "csi.provisioner.enabled=true,csi.provisioner.image.repository=example.com/kpy",
+        "--set", "csi.credentials.create=true,csi.credentials.endpoint=http://s3:8333",
+        "--set", "csi.credentials.accessKeyID=a,csi.credentials.secretAccessKey=b",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    sc = docs[("StorageClass", "s3")]
+    assert sc["provisioner"] == "s3.csi.kubelet-py.io"
+    assert (
+        sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] == "kubelet-py-s3-credentials"
+    )
+    secret = docs[("Secret", "kubelet-py-s3-credentials")]
+    assert set(secret["stringData"]) == {"endpoint", "accessKeyID", "secretAccessKey", "region"}
+    pod = docs[("Deployment", "kubelet-py-s3-provisioner")]["spec"]["template"]["spec"]
+    commands = {c["name"]: c["command"] for c in pod["containers"]}
+    assert commands["provisioner"][:2] == ["kubelet-py-csi", "provisioner"]
+    assert (
+        "unix:///csi/csi.sock" in commands["driver"]
+        and "unix:///csi/csi.sock" in commands["provisioner"]
+    )
+    missing = _helm(helm, "template", "kp", str(CHART), "--set", "csi.provisioner.enabled=true")
+    assert missing.returncode != 0 and "image.repository" in missing.stderr
+
+
 @pytest.fixture(scope="module")
 def helm_cluster(
     require_root: None, helm: Path, tmp_path_factory: pytest.TempPathFactory
