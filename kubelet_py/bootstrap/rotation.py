@@ -20,7 +20,7 @@ import datetime
 import ipaddress
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -66,6 +66,7 @@ class Clock:
 
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     jitter: Callable[[], float] = random.random
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class CertificateRotator:
@@ -136,7 +137,7 @@ class CertificateRotator:
                     deadline.isoformat(),
                     wait_s,
                 )
-                await asyncio.sleep(wait_s)
+                await self.clock.sleep(wait_s)
             for delay in (*_BACKOFF_S, None):
                 try:
                     await self.rotate_once()
@@ -148,7 +149,7 @@ class CertificateRotator:
                             self.request.kind.label,
                             err,
                         )
-                        await asyncio.sleep(_BACKOFF_S[-1])
+                        await self.clock.sleep(_BACKOFF_S[-1])
                         break
                     log.warning(
                         "%s certificate rotation failed (retrying in %.0f s): %s",
@@ -156,4 +157,4 @@ class CertificateRotator:
                         delay,
                         err,
                     )
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)

@@ -200,3 +200,100 @@ def test_rotator_renews_at_once_when_nothing_usable_and_waits_otherwise(tmp_path
     assert rot.next_deadline() == expected
     assert not satisfies(cert, CertRequest(CertKind.CLIENT, "other"))
     assert not satisfies(cert, serving_request("n1", ["10.0.0.9"]))
+
+
+def test_rotator_backs_off_then_rotates_and_announces_the_new_pair(tmp_path: Path) -> None:
+    """Two failed CSRs back off 2 s then 4 s; the third succeeds, is stored and announced."""
+    ca = CertificateAuthority.create("kubernetes")
+    store = CertStore(tmp_path, "kubelet-client")
+    slept: list[float] = []
+    announced: list[str] = []
+
+    class FlakyApi(FakeCSRApi):
+        calls = 0
+
+        async def create(self, path: str, body: Any) -> Any:
+            FlakyApi.calls += 1
+            if FlakyApi.calls <= 2:
+                from kubelet_py.agent.apiclient import ApiError
+
+                raise ApiError(503, "ServiceUnavailable", "apiserver busy")
+            return await super().create(path, body)
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+        if len(announced) == 1:
+            raise asyncio.CancelledError  # stop the loop once the rotation is done
+
+    def signed_for_request(body: Any) -> dict[str, Any]:
+        csr = x509.load_pem_x509_csr(base64.b64decode(body["spec"]["request"]))
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        ca_key = serialization.load_pem_private_key(ca.pair.key_pem, password=None)
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca.pair.certificate.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        return {"status": {"certificate": base64.b64encode(pem).decode()}}
+
+    api = FlakyApi([])
+    original_create = api.create
+
+    async def create_and_sign(path: str, body: Any) -> Any:
+        created = await original_create(path, body)
+        api.states[:] = [signed_for_request(body)]
+        return created
+
+    api.create = create_and_sign  # type: ignore[method-assign]
+    rot = CertificateRotator(
+        api=api,
+        store=store,
+        request=CertRequest(CertKind.CLIENT, "n1"),
+        on_rotated=announced.append,
+        clock=Clock(jitter=lambda: 0.0, sleep=fake_sleep),
+    )
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(rot.run())
+    assert slept[:2] == [2.0, 4.0]
+    assert announced == [str(store.current_path)] and rot.rotations == 1
+    cert, _ = store.current() or (None, None)
+    assert cert is not None and satisfies(cert, rot.request)
+    # The next wait is the 70 % point of the new one-hour certificate (about 42 minutes).
+    assert 2400 < slept[2] < 2600
+
+
+def test_join_cli_uses_existing_credentials_and_explains_missing_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid --kubeconfig needs no token; an expired one without --server is bad input (2)."""
+    from kubelet_py.cli import main
+    from kubelet_py.devcluster.pki import kubeconfig_yaml
+
+    ca = CertificateAuthority.create("kubernetes")
+    # "old": 30 s left, less than the minute join wants before trusting a certificate.
+    for name, days in (("good.conf", 1.0), ("old.conf", 30 / 86400)):
+        pair = ca.issue("system:node:n1", organizations=["system:nodes"], client=True,
+                        validity=datetime.timedelta(days=days))  # fmt: skip
+        (tmp_path / name).write_bytes(
+            kubeconfig_yaml(
+                cluster_name="c",
+                server="https://10.0.0.1:6443",
+                ca_pem=ca.pair.cert_pem,
+                user="n1",
+                client=pair,
+            )
+        )
+    common = ["--no-start", "--root-dir", str(tmp_path / "root"), "--node-name", "n1"]
+    assert main(["join", "--kubeconfig", str(tmp_path / "good.conf"), *common]) == 0
+    assert "holds valid credentials" in capsys.readouterr().err
+    assert main(["join", "--kubeconfig", str(tmp_path / "old.conf"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "expires at" in err and "--server is needed" in err
