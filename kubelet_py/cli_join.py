@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
         if why_not is None:
             _progress(f"{kubeconfig} holds valid credentials; not bootstrapping again")
         else:
-            request = _request(args, node_name, kubeconfig)
             _progress(f"bootstrapping: {why_not}")
+            request = _request(args, node_name, kubeconfig)
             asyncio.run(join(request, progress=_progress))
     except BadInput as err:
         _progress(f"error: {err}")
