@@ -131,6 +131,12 @@ def _add_lazy_parsers(
         cli_token.add_parser(commands)
     else:
         commands.add_parser("token", help="make bootstrap tokens for joining nodes")
+    if wanted in ("approve-serving-csrs", "-h", "--help", ""):
+        from kubelet_py import cli_approver
+
+        cli_approver.add_parser(commands)
+    else:
+        commands.add_parser("approve-serving-csrs", help="approve kubelet-serving CSRs")
     if wanted in ("cri", "-h", "--help", ""):
         from kubelet_py import cli_cri
 
@@ -272,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_token.run(args)
     if args.command == "install":
         return _cmd_install(args)
+    if args.command == "approve-serving-csrs":
+        from kubelet_py import cli_approver
+
+        return cli_approver.run(args)
     if args.command == "node":
         from kubelet_py import cli_node
 

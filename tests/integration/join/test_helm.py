@@ -6,6 +6,7 @@ that happen under a running pod and an open `kubectl logs -f` stream.
 """
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -194,22 +195,14 @@ def test_helm_installed_cluster_joins_a_node_that_rotates_both_certificates(
     token = cluster.create_bootstrap_token()
     lab, root = lab_env.fresh_node("r")
     node = lab_env.start_joining_node(lab, root, token=token.value)
-    stop = threading.Event()
-
-    def approve_serving_csrs() -> None:
-        # What an admin (or an approver they run) does: nothing upstream approves these.
-        while not stop.is_set():
-            for r in csr_rows(cluster):
-                if (
-                    r[2] == "kubernetes.io/kubelet-serving"
-                    and r[3] == f"system:node:{lab.name}"
-                    and r[-1] == "Pending"
-                ):
-                    cluster.kubectl("certificate", "approve", r[0], check=False)
-            stop.wait(0.5)
-
-    approver = threading.Thread(target=approve_serving_csrs, daemon=True)
-    approver.start()
+    # The serving CSRs (first and renewed) are approved by kubelet-py's approver, which
+    # checks their SANs against the Node; nothing upstream approves them.
+    approver_log = (root.parent / f"approver-{lab.name}.log").open("wb")
+    approver = subprocess.Popen(
+        ["python3", "-m", "kubelet_py", "approve-serving-csrs", "--kubeconfig",
+         str(cluster.admin_kubeconfig), "--interval", "0.5"],
+        stdout=approver_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
     logs: subprocess.Popen[str] | None = None
     try:
         wait_for("the node to be Ready", lambda: node_ready(core, lab.name), 90, node)
@@ -290,10 +283,24 @@ def test_helm_installed_cluster_joins_a_node_that_rotates_both_certificates(
         ]
         assert renewals and renewals[0][-1] == "Approved,Issued", csr_rows(cluster)
         print(f"both certificates rotated {rotated_after_s:.0f} s into the stream", file=sys.stderr)
+        approvals = json.loads(cluster.kubectl("get", "csr", "-o", "json").stdout)["items"]
+
+        def by_approver(c: dict[str, Any]) -> bool:
+            conds = c["status"].get("conditions", [])
+            return (
+                c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                and c["spec"]["username"] == f"system:node:{lab.name}"
+                and any(x.get("reason") == "KubeletPyServingApprover" for x in conds)
+            )
+
+        assert len([c for c in approvals if by_approver(c)]) >= 2, (
+            "the first serving cert and its renewal, both by the approver"
+        )
     finally:
-        stop.set()
         if logs is not None:
             logs.kill()
             logs.wait(timeout=10)
-        approver.join(timeout=5)
+        approver.terminate()
+        approver.wait(timeout=10)
+        approver_log.close()
         lab_env.teardown(node, admin_api)
