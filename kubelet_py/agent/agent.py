@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,14 @@ class Agent:
                 )
             else:
                 store = CertStore(cert_file.parent, cert_file.name.removesuffix("-current.pem"))
+                current = store.current()
+                if current is not None and current[0].not_valid_after_utc <= datetime.now(UTC):
+                    log.error(
+                        "the client certificate %s expired at %s: the API server will refuse "
+                        "it and it cannot renew itself; join again with a new bootstrap token",
+                        cert_file,
+                        current[0].not_valid_after_utc.isoformat(),
+                    )
                 rotator = CertificateRotator(
                     api=api,
                     store=store,
