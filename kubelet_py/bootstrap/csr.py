@@ -222,7 +222,7 @@ async def request_certificate(
             progress(f"CSR {name}: {state} ({now - started:.0f} s)")
         try:
             obj, rv = await _next_state(api, name, rv, min(deadline - now, progress_every_s))
-        except (ApiError, aiohttp.ClientError, OSError) as err:
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
             failure = api_failure(err, f"watching CSR {name}")
             if not failure.temporary:
                 raise failure from err

@@ -20,13 +20,14 @@ import datetime
 import ipaddress
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from kubelet_py.bootstrap.csr import CertRequest, CSRApi, request_certificate
-from kubelet_py.bootstrap.errors import BootstrapError
+from kubelet_py.bootstrap.errors import BootstrapError, CredentialsError
 from kubelet_py.bootstrap.store import CertStore
 from kubelet_py.x509util import new_key
 
@@ -114,16 +115,26 @@ class CertificateRotator:
             progress=lambda m: log.info("%s certificate: %s", self.request.kind.label, m),
             progress_every_s=60.0,
         )
-        path = await asyncio.to_thread(self.store.update, cert_pem, key)
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            path = await asyncio.to_thread(self.store.update, cert_pem, key)
+        except (OSError, ValueError) as err:
+            raise CredentialsError(
+                f"storing the new {self.request.kind.label} certificate from CSR {name}: {err}"
+            ) from err
         self.rotations += 1
-        cert = x509.load_pem_x509_certificate(cert_pem)
         log.info(
             "rotated the %s certificate (CSR %s): valid until %s",
             self.request.kind.label,
             name,
             cert.not_valid_after_utc.isoformat(),
         )
-        self.on_rotated(str(self.store.current_path))
+        try:
+            self.on_rotated(str(self.store.current_path))
+        except (OSError, ssl.SSLError) as err:
+            raise CredentialsError(
+                f"loading the new {self.request.kind.label} certificate {path}: {err}"
+            ) from err
         return str(path)
 
     async def run(self) -> None:
