@@ -69,8 +69,9 @@ def parse_range(raw: Mapping[str, Any]) -> Range:
         subnet = ipaddress.ip_network(str(raw["subnet"]), strict=False)
     except ValueError as err:
         raise ConfigError(f"invalid subnet {raw['subnet']!r}") from err
-    reserved_top = 0 if subnet.version == 6 or subnet.prefixlen >= 31 else 1
-    low = int(subnet.network_address) + (0 if subnet.prefixlen >= 31 else 1)
+    point_to_point = subnet.prefixlen >= subnet.max_prefixlen - 1  # /31, /32, /127, /128
+    reserved_top = 0 if subnet.version == 6 or point_to_point else 1
+    low = int(subnet.network_address) + (0 if point_to_point else 1)
     high = int(subnet.broadcast_address) - reserved_top
     if high < low:
         raise ConfigError(f"subnet {subnet} is too small to allocate from")
