@@ -62,17 +62,23 @@ def enter(path: str) -> Iterator[None]:
 
 def _import_iproute() -> Any:
     """pyroute2's IPRoute class without running the package's heavy `__init__`."""
-    if "pyroute2" not in sys.modules:
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.submodule_search_locations is not None:
-            package = types.ModuleType("pyroute2")
-            package.__path__ = list(spec.submodule_search_locations)
-            package.__spec__ = spec
-            package.__file__ = spec.origin
-            sys.modules["pyroute2"] = package
+    # Empty package modules for pyroute2 and pyroute2.iproute: their __init__ files
+    # import every backend (ndb, ipdb, conntrack, the mock IPRoute), none of which we use.
+    for name in ("pyroute2", "pyroute2.iproute"):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.submodule_search_locations is None:
+            break
+        package = types.ModuleType(name)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__file__ = spec.origin
+        sys.modules[name] = package
     try:
         from pyroute2.iproute.linux import IPRoute
     except ImportError:
+        sys.modules.pop("pyroute2.iproute", None)
         sys.modules.pop("pyroute2", None)
         from pyroute2 import IPRoute
     return IPRoute

@@ -255,6 +255,30 @@ def parse_elements(listing: str) -> list[Element]:
     return out
 
 
+def parse_table_elements(listing: str) -> dict[str, list[Element]]:
+    """Set/map name -> its elements, from `nft -j list table` output (pure)."""
+    try:
+        data = json.loads(listing) if listing.strip() else {}
+    except ValueError as err:
+        raise CNIError(Code.DECODE_FAILURE, "nft printed bad JSON", str(err)) from err
+    out: dict[str, list[Element]] = {}
+    for item in data.get("nftables", []):
+        body = item.get("set") or item.get("map")
+        if body:
+            out[str(body.get("name"))] = parse_elements(json.dumps({"nftables": [item]}))
+    return out
+
+
+def list_table_elements(family: str, table: str) -> dict[str, list[Element]]:
+    """Every set's and map's elements of a table in one nft call; {} if there is no table."""
+    proc = subprocess.run(
+        [_binary(), "-j", "list", "table", family, table], capture_output=True, check=False
+    )
+    if proc.returncode != 0:
+        return {}
+    return parse_table_elements(proc.stdout.decode())
+
+
 def list_elements(family: str, table: str, kind: str, name: str) -> list[Element]:
     """The elements of a set or map; none if the table or set does not exist."""
     proc = subprocess.run(

@@ -52,10 +52,11 @@ def add(request: skel.Request) -> dict[str, Any]:
 
 def _remove(request: skel.Request, keep: set[str] | None) -> None:
     script = ""
-    for kind, name in (("map", "hostports"), ("map", "hostip_ports"), ("set", "hairpin")):
+    listing = nft.list_table_elements("ip", nft.PORTMAP_TABLE)
+    for name in ("hostports", "hostip_ports", "hairpin"):
         stale = [
             e.key
-            for e in nft.list_elements("ip", nft.PORTMAP_TABLE, kind, name)
+            for e in listing.get(name, [])
             if (keep is None and e.comment == request.attachment_key())
             or (
                 keep is not None
@@ -79,10 +80,10 @@ def check(request: skel.Request) -> None:
     mappings = _mappings(request)
     if not mappings:
         return None
+    listing = nft.list_table_elements("ip", nft.PORTMAP_TABLE)
     present = {
         e.key
-        for e in nft.list_elements("ip", nft.PORTMAP_TABLE, "map", "hostports")
-        + nft.list_elements("ip", nft.PORTMAP_TABLE, "map", "hostip_ports")
+        for e in listing.get("hostports", []) + listing.get("hostip_ports", [])
         if e.comment == request.attachment_key()
     }
     for m in mappings:
