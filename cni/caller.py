@@ -33,7 +33,7 @@ from cni import conflist
 from cni.cache import CachedAttachment, ResultCache
 from cni.conflist import NetworkConfigList, PluginConf
 from cni.errors import CNIError, Code, PluginFailedError, PluginNotFoundError
-from cni.types import IPInterface, PortMapping, Result
+from cni.types import Interface, IPInterface, PortMapping, Result
 
 log = logging.getLogger("cni.caller")
 
@@ -71,6 +71,11 @@ class Attachment:
     def ips(self) -> tuple[IPInterface, ...]:
         """The pod's addresses (on interfaces inside the sandbox), IPv4 first."""
         return tuple(sorted(self.result.sandbox_ips(), key=lambda ip: ip.version))
+
+    @property
+    def interfaces(self) -> tuple[Interface, ...]:
+        """Every interface the chain reported (host side ones have no sandbox)."""
+        return self.result.interfaces
 
 
 class Executor(Protocol):
