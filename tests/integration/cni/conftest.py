@@ -167,8 +167,13 @@ def flavour_setup(flavour: str, our_bin: Path, tmp: Path, **kw: Any) -> NetworkM
 
 
 @contextlib.contextmanager
-def tcp_echo(path: str, port: int, host: str = "0.0.0.0") -> Iterator[None]:
-    """A TCP server inside a namespace that answers b'echo:' + what it got, until exit."""
+def tcp_echo(
+    path: str, port: int, host: str = "0.0.0.0", *, tell_source: bool = False
+) -> Iterator[None]:
+    """A TCP server inside a namespace that answers b'echo:' + what it got, until exit.
+
+    With tell_source it answers with the client address it sees instead (masquerade checks).
+    """
     srv = in_netns(path, lambda: socket.create_server((host, port)))
     srv.settimeout(0.2)
     stop = threading.Event()
@@ -182,7 +187,9 @@ def tcp_echo(path: str, port: int, host: str = "0.0.0.0") -> Iterator[None]:
             with conn:
                 conn.settimeout(5)
                 with contextlib.suppress(OSError):
-                    conn.sendall(b"echo:" + conn.recv(100))
+                    data = conn.recv(100)
+                    source = conn.getpeername()[0].encode()
+                    conn.sendall(source if tell_source else b"echo:" + data)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()

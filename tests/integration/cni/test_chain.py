@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_pods_get_ips_and_reach_each_other_and_the_gateway(
     flavour: str, lab: Lab, our_bin: Path, tmp_path: Path
 ) -> None:
     """Two pods on one bridge: addresses from the range, ping and TCP both ways, gateway too."""
-    node, _ = lab.node_with_underlay()
+    node, peer = lab.node_with_underlay()
     mgr = flavour_setup(flavour, our_bin, tmp_path, subnet=SUBNET)
     (p0, ip0), (p1, ip1) = _pods(lab, mgr, node, 2)
     for ip in (ip0, ip1):
@@ -63,8 +64,13 @@ def test_pods_get_ips_and_reach_each_other_and_the_gateway(
     assert lab.ping(p0, GATEWAY)
     with tcp_echo(p1, 7000):
         assert tcp_talk(p0, ip1, 7000) == b"echo:hi"
-    # The pod's default route goes through the node: it reaches the underlay peer (masqueraded).
+    # The pod's default route goes through the node: it reaches the underlay peer, which
+    # sees the node's address (ipMasq), while pod-to-pod traffic keeps the pod's address.
     assert lab.ping(p0, PEER_IP)
+    with tcp_echo(peer, 7001, tell_source=True):
+        assert tcp_talk(p0, PEER_IP, 7001) == NODE_IP.encode()
+    with tcp_echo(p1, 7002, tell_source=True):
+        assert tcp_talk(p0, ip1, 7002) == ip0.encode()
     att = mgr.result(f"pod0-{lab.prefix}")
     assert att is not None and str(att.ips[0].ip) == ip0
 
@@ -176,3 +182,27 @@ def test_isolation_blocks_pod_to_pod_but_not_outside(
     for i, path in enumerate((p0, p1)):
         in_netns(node, lambda i=i, path=path: open_mgr.setup(f"q{i}-{lab.prefix}", path))
     assert lab.ping(p0, "10.244.7.3")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_concurrent_adds_get_distinct_addresses(
+    flavour: str, lab: Lab, our_bin: Path, tmp_path: Path
+) -> None:
+    """Eight pods set up at once (host-local under its file lock) get eight distinct working IPs."""
+    node, _ = lab.node_with_underlay()
+    mgr = flavour_setup(flavour, our_bin, tmp_path, subnet=SUBNET)
+    paths = [lab.netns(f"c{i}") for i in range(8)]
+    ips: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        att = in_netns(node, lambda: mgr.setup(f"cc{i}-{lab.prefix}", paths[i]))
+        ips[i] = str(att.ips[0].ip)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ips.values())) == 8
+    assert sorted(allocations(tmp_path / "ipam")) == sorted(ips.values())
+    assert all(lab.ping(paths[i], GATEWAY) for i in (0, 7))

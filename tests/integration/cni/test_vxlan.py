@@ -94,6 +94,8 @@ def test_pods_on_two_nodes_reach_each_other_through_the_overlay(
     assert lab.ping(pod1, ip2) and lab.ping(pod2, ip1)
     with tcp_echo(pod2, 7000):
         assert tcp_talk(pod1, ip2, 7000) == b"echo:hi"
+    with tcp_echo(pod2, 7001, tell_source=True):  # not masqueraded inside the cluster CIDR
+        assert tcp_talk(pod1, ip2, 7001) == ip1.encode()
     # Node 2 leaves: node 1 drops its route, neighbour and FDB entry; traffic stops.
     path1, cfg1 = nodes[0]
     ops = vxlan.reconcile(cfg1, [p for p in peers if p.node == cfg1.node], netns_path=path1)
