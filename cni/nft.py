@@ -138,6 +138,22 @@ def portmap_elements(
     return PortMapElements(any_ip=tuple(any_ip), host_ip=tuple(host_ip), hairpin=hairpin)
 
 
+def portmap_keys(
+    mappings: Sequence[PortMapping], pod_ip: ipaddress.IPv4Interface
+) -> dict[str, list[str]]:
+    """Set/map name -> element keys of one pod's mappings, for a delete (pure)."""
+    out: dict[str, list[str]] = {"hostports": [], "hostip_ports": [], "hairpin": []}
+    for m in mappings:
+        if m.host_ip and m.host_ip not in ("0.0.0.0", "::"):  # noqa: S104 - "any" address
+            if ipaddress.ip_address(m.host_ip).version == 4:
+                out["hostip_ports"].append(f"{m.host_ip} . {m.protocol} . {m.host_port}")
+        else:
+            out["hostports"].append(f"{m.protocol} . {m.host_port}")
+    if mappings:
+        out["hairpin"].append(f"{pod_ip.network} . {pod_ip.ip}")
+    return out
+
+
 def portmap_add_script(elements: PortMapElements) -> str:
     t = PORTMAP_TABLE
     lines = [portmap_base().rstrip("\n")]
@@ -293,6 +309,14 @@ def delete_script(family: str, table: str, name: str, keys: Sequence[str]) -> st
     if not keys:
         return ""
     return f"delete element {family} {table} {name} {{ {', '.join(keys)} }}\n"
+
+
+def try_apply(script: str) -> bool:
+    """Run a script as one transaction; False (nothing changed) if nft refused it."""
+    proc = subprocess.run(
+        [_binary(), "-f", "-"], input=script.encode(), capture_output=True, check=False
+    )
+    return proc.returncode == 0
 
 
 def table_exists(family: str, table: str) -> bool:

@@ -304,7 +304,13 @@ def delete(request: skel.Request) -> None:
     finally:
         ipr.close()
     if cfg.ip_masq:
-        _masq_cleanup(cfg, request.network, None, request.attachment_key())
+        from cni import nft
+
+        prev = request.prev_result
+        ips = [str(i.ip) for i in prev.sandbox_ips() if i.version == 4] if prev else []
+        fast = nft.delete_script("ip", nft.masq_table(cfg.bridge), "pods", ips)
+        if not (fast and nft.try_apply(fast)):  # fall back to finding them by comment
+            _masq_cleanup(cfg, request.network, None, request.attachment_key())
     if errors:
         raise CNIError(Code.INTERNAL, "bridge DEL: IPAM release failed", "; ".join(errors))
     return None

@@ -70,6 +70,22 @@ def _remove(request: skel.Request, keep: set[str] | None) -> None:
 
 
 def delete(request: skel.Request) -> None:
+    # Fast path: the cached prevResult and mappings name the exact elements, so one
+    # nft transaction removes them. If any is already gone nft refuses the whole
+    # transaction, and the elements are found again by their comment.
+    prev = request.prev_result
+    try:
+        mappings = _mappings(request)
+    except CNIError:
+        mappings = []
+    v4 = [ip for ip in prev.sandbox_ips(request.netns or None) if ip.version == 4] if prev else []
+    if mappings and v4:
+        keys = nft.portmap_keys(mappings, v4[0])
+        script = "".join(
+            nft.delete_script("ip", nft.PORTMAP_TABLE, name, k) for name, k in keys.items()
+        )
+        if nft.try_apply(script):
+            return None
     _remove(request, None)
     return None
 

@@ -91,3 +91,18 @@ def test_parse_elements_of_sets_and_maps() -> None:
         nft.Element("10.1.1.1", ""),
     ]
     assert nft.parse_elements("") == []
+
+
+def test_portmap_keys_match_the_added_elements() -> None:
+    """DEL's fast path deletes exactly the keys ADD inserted (without comments and values)."""
+    mappings = [PortMapping(8080, 80), PortMapping(9090, 90, "udp", "10.0.0.5")]
+    pod = ipaddress.IPv4Interface("10.244.1.5/24")
+    els = nft.portmap_elements(mappings, pod, "n/c/eth0")
+    keys = nft.portmap_keys(mappings, pod)
+    assert keys == {
+        "hostports": ["tcp . 8080"],
+        "hostip_ports": ["10.0.0.5 . udp . 9090"],
+        "hairpin": ["10.244.1.0/24 . 10.244.1.5"],
+    }
+    added = [e.split(" comment ")[0] for e in els.any_ip + els.host_ip + els.hairpin]
+    assert added == keys["hostports"] + keys["hostip_ports"] + keys["hairpin"]
