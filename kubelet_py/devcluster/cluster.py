@@ -26,16 +26,18 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from kubelet_py.devcluster.build import ControlPlaneBinaries
 from kubelet_py.devcluster.errors import ComponentStartError, DevClusterError
 from kubelet_py.devcluster.forward import LoopbackForwarder
 from kubelet_py.devcluster.fsutil import write_atomic
 from kubelet_py.devcluster.netlab import LabNode, NetLab, remove_namespaces, run_in_netns
+from kubelet_py.devcluster.netrbac import node_network_rbac
 from kubelet_py.devcluster.pki import CertKeyPair, ClusterPKI, create_cluster_pki, kubeconfig_yaml
 
 Progress = Callable[[str], None]
@@ -268,6 +270,27 @@ class LocalCluster:
         self._wait(apiserver, deadline, self._apiserver_ready)
         self._wait(kcm, deadline, lambda: self._component_healthy(CONTROLLER_MANAGER_PORT))
         self._wait(scheduler, deadline, lambda: self._component_healthy(SCHEDULER_PORT))
+        self._apply_objects(node_network_rbac())
+
+    def _apply_objects(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        """`kubectl apply` objects as admin (what the Helm chart installs on a real cluster)."""
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        proc = subprocess.run(
+            [
+                str(self.binaries.kubectl),
+                f"--kubeconfig={self.admin_kubeconfig}",
+                "apply",
+                "-f",
+                "-",
+            ],
+            input=doc,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise DevClusterError(f"kubectl apply failed: {proc.stderr.strip()}")
 
     def stop(self) -> None:
         """Stop every process we started (by PID), the forwarder and the namespaces."""
