@@ -7,10 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
+from cni.install import install as install_plugins
 from cri.images import ImageService
 from cri.images.digest import Digest
 from cri.runtime.service import RuntimeService
 from cri.server import CRIServer
+from kubelet_py.agent.network import CNIPodNetwork, NetworkSettings, NodePaths
 from kubelet_py.cli_images import DEFAULT_ROOT, registry_config
 
 DEFAULT_SOCKET = Path("/run/kubelet-py/cri.sock")
@@ -38,6 +40,19 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         metavar="NAME|PATH",
         help="the OCI executor under conmon: runc (default), kubelet-py-oci (ours) or crun",
     )
+    serve.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        default=None,
+        help="pods join the CNI network configured here (default: loopback-only pods)",
+    )
+    serve.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="more plugin directories searched after ours (e.g. /usr/lib/cni)",
+    )
     serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
     serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
     serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
@@ -45,11 +60,17 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 async def _serve(args: argparse.Namespace) -> int:
     images = ImageService(args.root / "images", registry=registry_config(args))
+    network = None
+    if args.cni_conf_dir is not None:
+        paths = NodePaths.under(args.root, NetworkSettings(conf_dir=args.cni_conf_dir))
+        install_plugins(paths.bin_dir)
+        network = CNIPodNetwork(paths, args.cni_bin_dir)
     runtime = RuntimeService(
         args.root / "runtime",
         images=images,
         cgroup_parent_name=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
+        network=network,
     )
     images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from kubelet_py.agent.agent import Agent, AgentConfig
+from kubelet_py.agent.network import NetworkSettings
 from kubelet_py.server import ServerConfig
 
 
@@ -97,6 +98,35 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         default=None,
         help="CA bundle for client certificates (default: the CA in the kubeconfig)",
     )
+    net = run.add_argument_group("pod network (CNI)")
+    net.add_argument(
+        "--network",
+        choices=("loopback", "cni"),
+        default="loopback",
+        help="cni: pods join the node's CNI network; loopback: pods get lo only (default)",
+    )
+    net.add_argument("--cni-conf-dir", type=Path, default=None, help="default <root>/cni/net.d")
+    net.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="more plugin directories searched after ours (e.g. /usr/lib/cni)",
+    )
+    net.add_argument(
+        "--cni-manage-config",
+        choices=("true", "false"),
+        default="true",
+        help="write the node's conflist from its podCIDR (false: use the one in --cni-conf-dir)",
+    )
+    net.add_argument("--cluster-cidr", default="", help="pod addresses of the whole cluster")
+    net.add_argument("--overlay", choices=("vxlan", "none"), default="vxlan")
+    net.add_argument("--vxlan-vni", type=int, default=1)
+    net.add_argument(
+        "--pod-isolation",
+        action="store_true",
+        help="pods of this node cannot reach each other (Docker's --icc=false)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -148,6 +178,19 @@ def _default_ip() -> str:
             return "127.0.0.1"
 
 
+def _network_settings(args: argparse.Namespace) -> NetworkSettings:
+    return NetworkSettings(
+        mode=args.network,
+        conf_dir=args.cni_conf_dir,
+        bin_dirs=tuple(args.cni_bin_dir),
+        manage_config=args.cni_manage_config == "true",
+        cluster_cidr=args.cluster_cidr,
+        overlay=args.overlay,
+        vni=args.vxlan_vni,
+        isolation=args.pod_isolation,
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     file_cfg: dict[str, Any] = {}
     if args.config is not None:
@@ -188,6 +231,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             if args.rotate_server_certificates is not None
             else file_cfg.get("serverTLSBootstrap", False)
         ),
+        network=_network_settings(args),
     )
 
 

@@ -23,3 +23,7 @@ class FailedPreconditionError(RuntimeServiceError):
 
 class ExecutorError(RuntimeServiceError):
     """The OCI executor (runc, or conmon around it) failed; the message carries its stderr."""
+
+
+class NetworkError(RuntimeServiceError):
+    """The pod network could not attach or detach a sandbox; the message has the plugin's error."""

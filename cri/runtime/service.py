@@ -35,6 +35,7 @@ from cri.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NetworkError,
     NotFoundError,
     RuntimeServiceError,
 )
@@ -47,6 +48,7 @@ from cri.runtime.model import (
     SandboxConfig,
     SandboxState,
 )
+from cri.runtime.network import PodNetwork, PodNetworkRequest
 from cri.runtime.state import ContainerRecord, RecordStore, SandboxRecord
 from cri.runtime.translate import ImageDefaults, SandboxPaths, container_spec, resolve_user
 
@@ -97,6 +99,7 @@ class RuntimeService:
         cgroup_parent_name: str = "kubelet-py",
         oci_runtime: str = "runc",
         network_ready: Callable[[], tuple[bool, str]] | None = None,
+        network: PodNetwork | None = None,
     ) -> None:
         self.root = root
         self.images = images
@@ -105,6 +108,7 @@ class RuntimeService:
         self.cgroups: CgroupV1 | CgroupV2 = new_driver(
             parent_name=cgroup_parent_name, state_file=root / "cgroups-created.json"
         )
+        self.network = network
         self._network_ready = network_ready or (
             lambda: (False, "no CNI network configured: pods get a loopback-only network")
         )
@@ -124,6 +128,7 @@ class RuntimeService:
             self._reconcile_exit(record)
 
     async def start(self) -> None:
+        await self.gc_network()
         self._watcher = asyncio.create_task(self._watch_exits(), name="runtime-exit-watcher")
 
     async def close(self) -> None:
@@ -249,6 +254,8 @@ class RuntimeService:
         return record
 
     def network_status(self) -> tuple[bool, str]:
+        if self.network is not None:
+            return self.network.status()
         return self._network_ready()
 
     # ---- sandboxes -----------------------------------------------------------------
@@ -330,6 +337,8 @@ class RuntimeService:
                 ["nsenter", f"--net={record.netns}", "--", "ip", "link", "set", "lo", "up"],
                 what=f"bringing up loopback of sandbox {record.id[:12]}",
             )
+            if self.network is not None:
+                await self._attach_network(record, config)
         if record.shm_dir:
             await asyncio.to_thread(
                 mounts.mount,
@@ -365,8 +374,53 @@ class RuntimeService:
         if record.shm_dir:
             Path(record.shm_dir).mkdir()
 
+    async def _attach_network(self, record: SandboxRecord, config: SandboxConfig) -> None:
+        assert self.network is not None and record.netns is not None
+        request = PodNetworkRequest(
+            sandbox_id=record.id,
+            netns_path=record.netns,
+            namespace=record.namespace,
+            name=record.name,
+            uid=record.uid,
+            port_mappings=tuple(config.port_mappings),
+        )
+        try:
+            ips = await asyncio.to_thread(self.network.setup, request)
+        except Exception as err:
+            raise NetworkError(
+                f"failed to set up the network of sandbox {record.id[:12]} "
+                f"({record.namespace}/{record.name}): {err}"
+            ) from err
+        record.pod_ips = list(ips)
+        record.pod_ip = ips[0] if ips else ""
+
+    async def _detach_network(self, record: SandboxRecord) -> None:
+        if self.network is None or record.host_network:
+            return
+        try:
+            await asyncio.to_thread(self.network.teardown, record.id, record.netns)
+        except Exception as err:
+            raise NetworkError(
+                f"failed to tear down the network of sandbox {record.id[:12]} "
+                f"({record.namespace}/{record.name}): {err}"
+            ) from err
+
+    async def gc_network(self) -> None:
+        """Release attachments of sandboxes that no longer exist (after a crash)."""
+        if self.network is None:
+            return
+        valid = [r.id for r in self._sandboxes.values() if r.netns]
+        try:
+            await asyncio.to_thread(self.network.gc, valid)
+        except Exception:
+            log.exception("network garbage collection failed")
+
     async def _teardown_sandbox(self, record: SandboxRecord) -> None:
         directory = self.records.sandbox_dir(record.id)
+        try:
+            await self._detach_network(record)
+        except NetworkError as err:
+            log.warning("%s (removing the sandbox anyway)", err)
         for path in (record.shm_dir, record.netns, record.ipcns, record.utsns):
             if path:
                 await asyncio.to_thread(mounts.umount, Path(path))
@@ -383,6 +437,7 @@ class RuntimeService:
             for c in list(self._containers.values()):
                 if c.sandbox_id == record.id:
                     await self.stop_container(c.id, timeout_s=0)
+            await self._detach_network(record)
             if record.shm_dir:
                 await asyncio.to_thread(mounts.umount, Path(record.shm_dir))
             record.state = SandboxState.NOTREADY.value

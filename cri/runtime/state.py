@@ -41,6 +41,7 @@ class SandboxRecord:
     host_pid: bool
     host_ipc: bool
     pod_ip: str = ""
+    pod_ips: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     version: int = STATE_VERSION
 

@@ -246,7 +246,10 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
             metadata=_sandbox_meta(r),
             state=_sandbox_state(r),
             created_at=r.created_at_ns,
-            network=api_pb2.PodSandboxNetworkStatus(ip=r.pod_ip),
+            network=api_pb2.PodSandboxNetworkStatus(
+                ip=r.pod_ip,
+                additional_ips=[api_pb2.PodIP(ip=ip) for ip in r.pod_ips[1:]],
+            ),
             labels=r.labels,
             annotations=r.annotations,
         )

@@ -22,6 +22,7 @@ from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
 from kubelet_py.agent.events import EventRecorder
 from kubelet_py.agent.model import Pod
+from kubelet_py.agent.network import CNIPodNetwork, NetworkSettings, NodeNetwork, NodePaths
 from kubelet_py.agent.node import NodeManager, NodeSettings
 from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
@@ -50,7 +51,7 @@ class AgentConfig:
     node_labels: Mapping[str, str] = field(default_factory=dict)
     register_with_taints: tuple[Mapping[str, str], ...] = ()
     max_pods: int = 110
-    network_mode: str = "loopback"  # "loopback" until CNI (issue 7): pods get lo only
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     plain_http_registries: tuple[str, ...] = ()
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
@@ -99,6 +100,7 @@ class Agent:
             cluster_domain=config.cluster_domain,
             host_resolv=_host_resolv(),
         )
+        self.net_paths = NodePaths.under(config.root, config.network)
         self.workers: dict[str, PodWorker] = {}
         self.worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -173,12 +175,15 @@ class Agent:
 
         hosts = {h: RegistryHost(plain_http=True) for h in self.config.plain_http_registries}
         images = ImageService(self.config.root / "images", registry=RegistryConfig(hosts=hosts))
-        net_ok = self.config.network_mode == "loopback"
+        pod_network = None
+        if self.config.network.mode == "cni":
+            pod_network = CNIPodNetwork(self.net_paths, self.config.network.bin_dirs)
         runtime = RuntimeService(
             self.config.root / "runtime",
             images=images,
             cgroup_parent_name=self.config.cgroup_parent,
-            network_ready=lambda: (True, "") if net_ok else (False, "no CNI network configured"),
+            network_ready=lambda: (True, ""),  # loopback-only pods need nothing more
+            network=pod_network,
         )
         images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
         await runtime.start()
@@ -361,6 +366,16 @@ class Agent:
                         images=self.images_for_node,
                     )
                     await node.register()
+                if self.config.network.mode == "cni":
+                    network = NodeNetwork(
+                        api=self.api,
+                        node_name=self.config.node_name,
+                        node_ip=self.config.node_ip,
+                        settings=self.config.network,
+                        paths=self.net_paths,
+                    )
+                    tg.create_task(network.run(), name="node-network")
+                if self.api is not None:
                     self.node_ctx.service_env = await self._service_env()
                     tg.create_task(node.run_lease_loop(), name="node-lease")
                     tg.create_task(node.run_status_loop(), name="node-status")

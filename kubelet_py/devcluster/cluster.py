@@ -41,6 +41,7 @@ from kubelet_py.devcluster.errors import ComponentStartError, DevClusterError
 from kubelet_py.devcluster.forward import LoopbackForwarder
 from kubelet_py.devcluster.fsutil import write_atomic
 from kubelet_py.devcluster.netlab import LabNode, NetLab, remove_namespaces, run_in_netns
+from kubelet_py.devcluster.netrbac import node_network_rbac
 from kubelet_py.devcluster.pki import CertKeyPair, ClusterPKI, create_cluster_pki, kubeconfig_yaml
 
 Progress = Callable[[str], None]
@@ -276,6 +277,7 @@ class LocalCluster:
         self._wait(apiserver, deadline, self._apiserver_ready)
         self._wait(kcm, deadline, lambda: self._component_healthy(CONTROLLER_MANAGER_PORT))
         self._wait(scheduler, deadline, lambda: self._component_healthy(SCHEDULER_PORT))
+        self.apply(node_network_rbac())  # nodes read Nodes for the overlay (as the chart grants)
 
     def stop(self) -> None:
         """Stop every process we started (by PID), the forwarder and the namespaces."""
