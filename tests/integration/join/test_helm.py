@@ -23,6 +23,7 @@ from kubernetes import client, config
 from kubelet_py.bootstrap.clusterside import join_objects
 from kubelet_py.devcluster import LocalCluster, ensure_binaries
 from kubelet_py.devcluster.build import ensure_go_tool
+from kubelet_py.devcluster.netrbac import node_network_rbac
 from tests.integration.join.conftest import IMAGE, JoinLab, csr_rows, node_ready, wait_for
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "kubelet-py"
@@ -84,7 +85,7 @@ def _strip(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_template_renders_the_objects_the_devcluster_applies(helm: Path) -> None:
-    """`helm template` gives the same bootstrap RBAC and cluster-info as clusterside.py."""
+    """helm template renders the objects the devcluster applies (bootstrap, overlay)."""
     ca = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     out = _helm(
         helm, "template", "kp", str(CHART),
@@ -98,7 +99,7 @@ def test_template_renders_the_objects_the_devcluster_applies(helm: Path) -> None
     assert ("ConfigMap", "kubelet-py-network") in kinds
     ours = {
         (o["kind"], o["metadata"]["name"]): o
-        for o in join_objects(server="https://10.0.0.1:6443", ca_pem=ca)
+        for o in [*join_objects(server="https://10.0.0.1:6443", ca_pem=ca), *node_network_rbac()]
     }
     theirs = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
     for key, obj in ours.items():
