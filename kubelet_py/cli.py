@@ -70,6 +70,13 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         action="store_true",
         help="also run a kubelet-py node with the examples in manifests/ (the main job)",
     )
+    standalone = commands.add_parser(
+        "demo-standalone",
+        help="run the static pod examples on a kubelet-py node with no cluster (until Ctrl-C)",
+    )
+    standalone.add_argument(
+        "--check", action="store_true", help="start, check the static pod answers, stop"
+    )
     up.add_argument(
         "--check",
         action="store_true",
@@ -180,15 +187,41 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
                 return 0
             print(_try_this(cluster.admin_kubeconfig, binaries.bin_dir, cluster.logs_dir))
             if args.node:
-                from kubelet_py.devcluster.demo import run_demo
+                from kubelet_py.devcluster.demo import Demo, check_examples, run_demo
+
+                failed: list[str] = []
+
+                def check(demo: Demo) -> None:
+                    for what, ok, detail in check_examples(demo):
+                        print(f"{'ok' if ok else 'FAILED'}: {what}: {detail.strip()[:120]}")
+                        if not ok:
+                            failed.append(what)
 
                 run_demo(
                     cluster,
                     progress=_progress,
-                    wait=(lambda: None) if args.check else _wait_for_signal,
+                    wait=check if args.check else (lambda demo: _wait_for_signal()),
                 )
+                if failed:
+                    _progress(f"error: examples failed: {', '.join(failed)}")
+                    return 1
             else:
                 _wait_for_signal()
+    except DevClusterError as err:
+        _progress(f"error: {err}")
+        return 1
+    return 0
+
+
+def _cmd_standalone(args: argparse.Namespace) -> int:
+    from kubelet_py.devcluster import DevClusterError
+    from kubelet_py.devcluster.demo import run_standalone
+
+    try:
+        run_standalone(
+            progress=_progress,
+            wait=(lambda text: None) if args.check else (lambda text: _wait_for_signal()),
+        )
     except DevClusterError as err:
         _progress(f"error: {err}")
         return 1
@@ -258,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "version":
         return _cmd_version()
+    if args.command == "demo-standalone":
+        return _cmd_standalone(args)
     if args.command == "cluster":
         return _cmd_cluster(args)
     if args.command == "images":

@@ -277,7 +277,6 @@ class LocalCluster:
         self._wait(apiserver, deadline, self._apiserver_ready)
         self._wait(kcm, deadline, lambda: self._component_healthy(CONTROLLER_MANAGER_PORT))
         self._wait(scheduler, deadline, lambda: self._component_healthy(SCHEDULER_PORT))
-        self.apply(node_network_rbac())  # nodes read Nodes for the overlay (as the chart grants)
 
     def stop(self) -> None:
         """Stop every process we started (by PID), the forwarder and the namespaces."""
@@ -339,6 +338,10 @@ class LocalCluster:
         )
         if proc.returncode != 0:
             raise DevClusterError(f"kubectl apply failed: {proc.stderr.strip()}")
+
+    def prepare_for_pod_network(self) -> None:
+        """What the Helm chart grants the overlay: nodes read every Node (netrbac.py)."""
+        self.apply(node_network_rbac())
 
     def prepare_for_joining(self, **rbac: Any) -> None:
         """What the Helm chart installs for joining: bootstrap RBAC, cluster-info and its RBAC."""

@@ -1,15 +1,22 @@
-"""The main job for people: a local cluster with one kubelet-py node running the examples.
+"""The main job for people: a local cluster, two kubelet-py nodes joined by token, the examples.
 
-    kubelet-py cluster up --node
+    kubelet-py cluster up --node          (what ./scripts/demo runs)
 
 builds a busybox image locally (busybox-static + umoci: there is no internet to
-pull from), starts the control plane, adds a node namespace, runs the node agent
-in it with `manifests/static` as its static pod directory, applies
-`manifests/workloads`, waits until the pods run, and shows them with kubectl.
-Ctrl-C deletes the pods, stops the agent and tears everything down.
+pull from), starts the control plane, installs the Helm chart (bootstrap RBAC,
+cluster-info, the overlay's RBAC), creates a bootstrap token, and joins two
+node namespaces with `kubelet-py join --token … --discovery-token-ca-cert-hash …`
+exactly as a person would on two machines; the nodes network their pods with
+CNI (a bridge each, a VXLAN overlay between them). node1 also runs
+`manifests/static`; `manifests/workloads` is applied with kubectl. Once the
+pods run it prints what to try. Ctrl-C deletes the pods, stops the agents and
+tears everything down. `kubelet-py demo-standalone` runs the static examples
+on a node with no cluster at all.
 """
 
 import asyncio
+import base64
+import functools
 import os
 import shutil
 import signal
@@ -18,13 +25,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubelet_py.devcluster.cluster import LocalCluster
 from kubelet_py.devcluster.errors import DevClusterError
 
 DEMO_IMAGE = "docker.io/library/busybox:1.36"
-BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "sleep", "id", "hostname", "httpd", "wget", "ps")
+BUSYBOX_APPLETS = (
+    "sh", "ls", "cat", "echo", "sleep", "id", "hostname", "httpd", "wget", "ps", "date", "nc",
+    "seq", "tar",
+)  # fmt: skip
 
 Progress = Callable[[str], None]
 
@@ -62,29 +73,40 @@ def build_busybox_layout(work: Path) -> Path:
     return layout
 
 
-class NodeAgentProcess:
-    """`kubelet-py node run` inside a lab node namespace, stopped by its PID."""
+class JoinedNode:
+    """`kubelet-py join` (which goes on to run the node) inside a lab node namespace."""
 
     def __init__(self, cluster: LocalCluster, name: str, root: Path, static_dir: Path) -> None:
         self.cluster = cluster
         self.node = cluster.add_node(name)
+        self.name = name
         self.root = root
         self.static_dir = static_dir
         self.log_path = root / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        kubeconfig = self.root / "kubeconfig"
-        kubeconfig.write_bytes(self.cluster.node_kubeconfig(self.node.name))
+    def start(self, *, token: str) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*self.node.nsenter(), sys.executable, "-m", "kubelet_py", "node", "run",
-                 "--kubeconfig", str(kubeconfig), "--node-name", self.node.name,
-                 "--node-ip", str(self.node.address), "--root-dir", str(self.root),
-                 "--pod-manifest-path", str(self.static_dir),
-                 "--cgroup-parent", f"kpy-{self.node.name}"],
+                [*self.node.nsenter(), sys.executable, "-m", "kubelet_py", "join",
+                 "--server", self.cluster.lab_server_url, "--token", token,
+                 "--discovery-token-ca-cert-hash", self.cluster.ca_cert_hash,
+                 "--node-name", self.name, "--node-ip", str(self.node.address),
+                 "--root-dir", str(self.root), "--pod-manifest-path", str(self.static_dir),
+                 "--cgroup-parent", f"kpy-{self.name}",
+                 "--network", "cni", "--cluster-cidr", str(self.cluster.networks.cluster_cidr)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+
+    def ready(self) -> bool:
+        out = self.cluster.kubectl(
+            "get", "node", self.name, "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False,
+        )  # fmt: skip
+        return out.stdout.strip() == "True"
+
+    def failed(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def stop(self, *, drain_timeout_s: float = 60.0) -> None:
         """Empty the static dir, delete the node's pods, wait for the runtime to be empty, stop."""
@@ -92,11 +114,8 @@ class NodeAgentProcess:
             f.unlink()
         self.cluster.kubectl(
             "delete", "pods", "--all-namespaces", "--field-selector",
-            f"spec.nodeName={self.node.name}", "--grace-period=1", "--wait=false", check=False,
+            f"spec.nodeName={self.name}", "--grace-period=1", "--wait=false", check=False,
         )  # fmt: skip
-        self.cluster.kubectl(
-            "delete", "-f", str(_manifests() / "workloads"), "--wait=false", check=False
-        )
         sandboxes = self.root / "runtime" / "sandboxes"
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
@@ -110,65 +129,263 @@ class NodeAgentProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.cluster.kubectl("delete", "node", self.node.name, "--wait=false", check=False)
-        self.cluster.netlab.remove_node(self.node.name)
+        self.cluster.kubectl("delete", "node", self.name, "--wait=false", check=False)
+        self.cluster.netlab.remove_node(self.name)
 
 
-def _manifests() -> Path:
+@dataclass
+class Demo:
+    """What is running while the demo waits: handed to `wait` (the e2e test checks it)."""
+
+    cluster: LocalCluster
+    nodes: list[JoinedNode] = field(default_factory=list)
+
+
+def manifests_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "manifests"
 
 
-def run_demo(cluster: LocalCluster, *, progress: Progress, wait: Callable[[], None]) -> None:
+def chart_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "helm" / "kubelet-py"
+
+
+def _helm(helm: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(work / "helm" / "cache"),
+        "HELM_CONFIG_HOME": str(work / "helm" / "config"),
+        "HELM_DATA_HOME": str(work / "helm" / "data"),
+    }
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+def install_chart(cluster: LocalCluster, work: Path, *, progress: Progress) -> None:
+    """`helm install` the chart into kube-system, as a cluster admin prepares a cluster."""
+    from kubelet_py.devcluster.build import ensure_go_tool
+
+    helm = ensure_go_tool("helm", progress=progress)
+    progress("installing the kubelet-py Helm chart (bootstrap RBAC, cluster-info, overlay RBAC)")
+    ca = base64.b64encode(cluster.pki.ca.pair.cert_pem).decode()
+    out = _helm(
+        helm, work, "install", "kubelet-py", str(chart_dir()), "--namespace", "kube-system",
+        "--set", f"clusterInfo.server={cluster.lab_server_url}",
+        "--set", f"clusterInfo.caData={ca}",
+        f"--kubeconfig={cluster.admin_kubeconfig}",
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise DevClusterError(f"helm install failed: {(out.stderr or out.stdout).strip()}")
+
+
+def _load_image(root: Path, layout: Path) -> None:
     from cri.images import ImageService
 
+    async def load() -> None:
+        svc = ImageService(root / "images")
+        await svc.import_image(layout, name=DEMO_IMAGE)
+        await svc.close()
+
+    asyncio.run(load())
+
+
+def _wait_until(what: str, ok: Callable[[], bool], node: JoinedNode, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ok():
+        if time.monotonic() > deadline or node.failed():
+            tail = node.log_path.read_text(errors="replace")[-3000:]
+            raise DevClusterError(f"{what} did not happen; {node.name}'s log:\n{tail}")
+        time.sleep(0.5)
+
+
+def run_demo(
+    cluster: LocalCluster,
+    *,
+    progress: Progress,
+    wait: Callable[[Demo], None],
+    node_count: int = 2,
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="kubelet-py-demo-"))
+    demo = Demo(cluster)
+    approver: subprocess.Popen[bytes] | None = None
     try:
         progress("building a busybox image locally (busybox-static + umoci)")
         layout = build_busybox_layout(work / "image")
-        root = work / "node1"
+        install_chart(cluster, work, progress=progress)
+        token = cluster.create_bootstrap_token()
+        with (work / "approver.log").open("ab") as log:
+            approver = subprocess.Popen(
+                [sys.executable, "-m", "kubelet_py", "approve-serving-csrs",
+                 "--kubeconfig", str(cluster.admin_kubeconfig), "--interval", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        for i in range(node_count):
+            name = f"node{i + 1}"
+            root = work / name
+            static_dir = root / "manifests"
+            static_dir.mkdir(parents=True)
+            _load_image(root, layout)
+            if i == 0:
+                for f in sorted((manifests_dir() / "static").glob("*.yaml")):
+                    shutil.copy(f, static_dir / f.name)
+            node = JoinedNode(cluster, name, root, static_dir)
+            demo.nodes.append(node)
+            progress(f"{name} joins with a bootstrap token and the CA hash (kubelet-py join)")
+            node.start(token=token.value)
+        for node in demo.nodes:
+            progress(f"waiting for {node.name} to be Ready")
+            _wait_until(f"{node.name} Ready", node.ready, node, 120)
+        cluster.kubectl("apply", "-f", str(manifests_dir() / "workloads"))
+        progress("waiting for the example workloads")
+        cluster.kubectl("rollout", "status", "deployment/webapp", "--timeout=120s", check=False)
+        cluster.kubectl(
+            "wait", "--for=condition=Complete", "job/sum", "--timeout=120s", check=False
+        )
+        print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+        print(cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
+        print(_what_to_try(demo, work))
+        wait(demo)
+    finally:
+        progress("removing the examples and stopping the nodes")
+        cluster.kubectl(
+            "delete", "-f", str(manifests_dir() / "workloads"), "--wait=false", check=False
+        )
+        for node in demo.nodes:
+            node.stop()
+        if approver is not None and approver.poll() is None:
+            approver.send_signal(signal.SIGTERM)
+            approver.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _what_to_try(demo: Demo, work: Path) -> str:
+    n1 = demo.nodes[0]
+    lab = " ".join(demo.cluster.netlab.nsenter())
+    return f"""Two kubelet-py nodes joined the cluster and run the examples. Try:
+
+  kubectl get nodes -o wide; kubectl get csr
+  kubectl logs job/sum
+  kubectl logs deploy/webapp -c content
+  kubectl exec -it deploy/webapp -c httpd -- sh
+  kubectl port-forward deploy/webapp 8080:8080   # then: curl localhost:8080
+  kubectl describe pod -l app=webapp
+  {lab} python3 -c "import urllib.request as u; print(u.urlopen('http://{n1.node.address}:30080').read().decode())"
+  {lab} python3 -c "import urllib.request as u; print(u.urlopen('http://{n1.node.address}:18080').read().decode())"
+
+The nodes' logs: {" ".join(str(n.log_path) for n in demo.nodes)}
+Static pod manifests of node1 (add, edit or remove files here): {n1.static_dir}
+Everything lives under {work}; Ctrl-C removes it.
+"""
+
+
+def http_get_in(netns: Path, url: str, *, timeout_s: float = 3.0) -> str:
+    """GET `url` from a thread inside a lab namespace (the root namespace has no such routes)."""
+    import urllib.request
+
+    from kubelet_py.devcluster.netlab import run_in_netns
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - lab URL
+            return str(resp.read().decode())
+
+    return run_in_netns(netns, get)
+
+
+def _retry(fn: Callable[[], str], timeout_s: float) -> tuple[bool, str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return True, fn()
+        except OSError as err:
+            if time.monotonic() > deadline:
+                return False, str(err)
+            time.sleep(0.5)
+
+
+def check_examples(demo: Demo, *, timeout_s: float = 60.0) -> list[tuple[str, bool, str]]:
+    """Each example's observable effect, checked from the lab underlay: (what, ok, detail)."""
+    cluster = demo.cluster
+    lab = cluster.netlab.lab_netns_path
+    results: list[tuple[str, bool, str]] = []
+    for node in demo.nodes:
+        results.append((f"{node.name} Ready", node.ready(), ""))
+    n1 = demo.nodes[0]
+    ok, text = _retry(lambda: http_get_in(lab, f"http://{n1.node.address}:18080/"), timeout_s)
+    results.append(("static pod web answers on node1:18080", ok and "static pod" in text, text))
+    for node in demo.nodes:
+        url = f"http://{node.node.address}:30080/"
+        ok, text = _retry(functools.partial(http_get_in, lab, url), timeout_s)
+        results.append((f"webapp answers on {node.name}:30080", ok and "webapp on" in text, text))
+    out = cluster.kubectl(
+        "wait", "--for=condition=Complete", "job/sum", f"--timeout={timeout_s:.0f}s", check=False
+    )
+    logs = cluster.kubectl("logs", "job/sum", check=False).stdout.strip()
+    results.append(("job sum completed", out.returncode == 0 and "= 500500" in logs, logs))
+    return results
+
+
+def run_standalone(*, progress: Progress, wait: Callable[[str], None]) -> None:
+    """A node with no cluster: the static examples only, in a namespace of its own."""
+    from kubelet_py.devcluster.cluster import new_prefix
+    from kubelet_py.devcluster.netlab import NetLab
+
+    work = Path(tempfile.mkdtemp(prefix="kubelet-py-standalone-"))
+    lab = NetLab(new_prefix())
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        progress("building a busybox image locally (busybox-static + umoci)")
+        layout = build_busybox_layout(work / "image")
+        lab.create()
+        node = lab.add_node("solo")
+        root = work / "solo"
         static_dir = root / "manifests"
         static_dir.mkdir(parents=True)
-
-        async def load() -> None:
-            svc = ImageService(root / "images")
-            await svc.import_image(layout, name=DEMO_IMAGE)
-            await svc.close()
-
-        asyncio.run(load())
-        for f in sorted((_manifests() / "static").glob("*.yaml")):
+        _load_image(root, layout)
+        for f in sorted((manifests_dir() / "static").glob("*.yaml")):
             shutil.copy(f, static_dir / f.name)
-        agent = NodeAgentProcess(cluster, "node1", root, static_dir)
-        agent.start()
-        try:
-            progress("waiting for node1 to be Ready")
-            deadline = time.monotonic() + 60
-            while True:
-                out = cluster.kubectl(
-                    "get", "node", "node1", "-o",
-                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False,
-                )  # fmt: skip
-                if out.stdout.strip() == "True":
-                    break
-                if time.monotonic() > deadline or (agent.proc and agent.proc.poll() is not None):
-                    tail = agent.log_path.read_text()[-3000:]
-                    raise DevClusterError(f"node1 did not become Ready; agent log:\n{tail}")
-                time.sleep(0.5)
-            cluster.kubectl("apply", "-f", str(_manifests() / "workloads"))
-            progress("waiting for the example pods")
-            cluster.kubectl("rollout", "status", "deployment/hello", "--timeout=90s", check=False)
-            cluster.kubectl(
-                "wait", "--for=condition=Ready", "pods", "--all", "-A", "--timeout=90s",
-                check=False,
+        log_path = root / "agent.log"
+        progress(f"starting a standalone kubelet-py node in {node.netns} (no API server)")
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [*node.nsenter(), sys.executable, "-m", "kubelet_py", "node", "run",
+                 "--node-name", "solo", "--node-ip", str(node.address), "--root-dir", str(root),
+                 "--pod-manifest-path", str(static_dir), "--cgroup-parent", f"kpy-{lab.prefix}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-            print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
-            print(cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
-            print(f"""The node agent's log: {agent.log_path}
-Container logs on the node: {root / "logs" / "pods"}
-Static pod manifests (add, edit or remove files here): {static_dir}
+        ok, text = _retry(
+            lambda: http_get_in(lab.lab_netns_path, f"http://{node.address}:18080/"), 90
+        )
+        if not ok:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise DevClusterError(f"the static pod did not answer: {text}; agent log:\n{tail}")
+        print(f"static pod web on {node.address}:18080 says: {text.strip()}")
+        print(f"""
+A kubelet-py node runs the static pods in {static_dir} with no API server. Try:
+
+  crictl --runtime-endpoint unix://{root / "cri.sock"} pods
+  crictl --runtime-endpoint unix://{root / "cri.sock"} ps
+  {" ".join(lab.nsenter())} python3 -c "import urllib.request as u; print(u.urlopen('http://{node.address}:18080').read().decode())"
+  edit or remove files in {static_dir} and watch the pods follow
+
+Agent log: {log_path}. Ctrl-C stops it and removes everything.
 """)
-            wait()
-        finally:
-            progress("removing the example pods and stopping node1")
-            agent.stop()
+        wait(text)
     finally:
+        if proc is not None:
+            for f in (work / "solo" / "manifests").glob("*"):
+                f.unlink()
+            sandboxes = work / "solo" / "runtime" / "sandboxes"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if not sandboxes.exists() or not any(sandboxes.iterdir()):
+                    break
+                time.sleep(0.5)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        lab.destroy()
         shutil.rmtree(work, ignore_errors=True)

@@ -50,6 +50,7 @@ def nodes(
     cluster: LocalCluster, admin_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, AgentNode]]:
     """Three CNI nodes, Ready (which needs their pod network configured), busybox preloaded."""
+    cluster.prepare_for_pod_network()  # the overlay's RBAC, as the Helm chart grants it
     layout = ImageBuilder(tmp_path_factory.mktemp("net-images")).busybox().layout
     core = client.CoreV1Api(admin_api)
     started: dict[str, AgentNode] = {}
