@@ -47,6 +47,13 @@ def add(request: skel.Request) -> dict[str, Any]:
             except CNIError:
                 pass  # host interfaces of other plugins may not exist by that name
     nft.apply(nft.portmap_add_script(elements))
+    udp_ports = sorted({m.host_port for m in mappings if m.protocol == "udp"})
+    try:
+        netns.delete_udp_conntrack(udp_ports)
+    except Exception as err:
+        raise CNIError(
+            Code.NETLINK_FAILURE, "portmap: cannot flush stale UDP conntrack entries", str(err)
+        ) from err
     return out
 
 

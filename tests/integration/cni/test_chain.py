@@ -206,3 +206,21 @@ def test_concurrent_adds_get_distinct_addresses(
     assert len(set(ips.values())) == 8
     assert sorted(allocations(tmp_path / "ipam")) == sorted(ips.values())
     assert all(lab.ping(paths[i], GATEWAY) for i in (0, 7))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_udp_host_port_follows_a_recreated_pod(
+    flavour: str, lab: Lab, our_bin: Path, tmp_path: Path
+) -> None:
+    """A UDP flow to a hostPort reaches the new pod after the old one is replaced (no stale NAT)."""
+    node, peer = lab.node_with_underlay()
+    mgr = flavour_setup(flavour, our_bin, tmp_path, subnet=SUBNET)
+    mapping = [PortMapping(5353, 53, "udp")]
+    old, new = lab.netns("old"), lab.netns("new")
+    in_netns(node, lambda: mgr.setup(f"old-{lab.prefix}", old, port_mappings=mapping))
+    with udp_echo(old, 53, b"old:"):
+        assert udp_talk(peer, NODE_IP, 5353, source_port=40000) == b"old:hi"
+    in_netns(node, lambda: mgr.teardown(f"old-{lab.prefix}", old))
+    in_netns(node, lambda: mgr.setup(f"new-{lab.prefix}", new, port_mappings=mapping))
+    with udp_echo(new, 53, b"new:"):
+        assert udp_talk(peer, NODE_IP, 5353, source_port=40000) == b"new:hi"
