@@ -276,7 +276,7 @@ class NetworkManager:
         cni_args = pod.cni_args(pod_id) if pod is not None else ()
         caps: dict[str, Any] = {}
         if port_mappings:
-            caps["portMappings"] = [m.to_json() for m in port_mappings]
+            caps["portMappings"] = [m.validated().to_json() for m in port_mappings]
         with self._pod(pod_id):
             prev: dict[str, Any] | None = None
             try:

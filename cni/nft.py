@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni.errors import CNIError, Code
 from cni.types import PortMapping
@@ -71,8 +71,7 @@ def masq_script(
 # ---- portmap ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PortMapElements:
+class PortMapElements(NamedTuple):
     """The map/set elements one pod's port mappings need."""
 
     any_ip: tuple[str, ...]
@@ -226,8 +225,7 @@ def apply(script: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Element:
+class Element(NamedTuple):
     """A set/map element as listed: its key text (nft syntax) and comment."""
 
     key: str

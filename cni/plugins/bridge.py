@@ -23,8 +23,7 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni import netns, nl
 from cni.errors import CNIError, Code
@@ -32,8 +31,7 @@ from cni.plugins import skel
 from cni.types import IPAddress, Result
 
 
-@dataclass(frozen=True)
-class BridgeConfig:
+class BridgeConfig(NamedTuple):
     bridge: str
     mtu: int
     is_gateway: bool

@@ -14,9 +14,8 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import CNIError, Code
 from cni.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, version_tuple
@@ -56,8 +55,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One plugin invocation: the environment parameters and the configuration."""
 
     command: str
@@ -68,7 +66,7 @@ class Request:
     path: tuple[str, ...]
     config: Mapping[str, Any]
     stdin: bytes
-    environ: Mapping[str, str] = field(repr=False, default_factory=dict)
+    environ: Mapping[str, str]
 
     @property
     def cni_version(self) -> str:
@@ -112,8 +110,7 @@ class Request:
 Handler = Callable[[Request], dict[str, Any] | None]
 
 
-@dataclass(frozen=True)
-class Plugin:
+class Plugin(NamedTuple):
     """A plugin's handlers; STATUS and GC default to success, CHECK must be given."""
 
     name: str
