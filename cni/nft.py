@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -206,7 +206,12 @@ def isolation_script(
 
 
 def _binary() -> str:
-    found = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+    # Not shutil.which: importing shutil costs a short-lived plugin ~10 ms of CPU.
+    dirs = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"]
+    found = next(
+        (os.path.join(d, "nft") for d in dirs if d and os.access(os.path.join(d, "nft"), os.X_OK)),
+        None,
+    )
     if found is None:
         raise CNIError(Code.NOT_AVAILABLE, "nft not found", "install the nftables package")
     return found

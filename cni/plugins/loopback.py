@@ -38,7 +38,7 @@ def add(request: skel.Request) -> dict[str, Any]:
 
 
 def delete(request: skel.Request) -> None:
-    if not request.netns or not os.path.exists(request.netns):  # noqa: PTH110
+    if not request.netns or not os.path.exists(request.netns):
         return None
     try:
         _set_lo(request.netns, False)

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from cni.errors import CNIError, Code
@@ -217,13 +216,13 @@ def _emit(obj: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def find_plugin(name: str, path: tuple[str, ...]) -> Path:
+def find_plugin(name: str, path: tuple[str, ...]) -> str:
     """The first executable called `name` in the CNI_PATH directories (code 50 if none)."""
     if not name or "/" in name or name in (".", ".."):
         raise CNIError(Code.INVALID_CONFIG, f"bad plugin type {name!r}")
     for directory in path:
-        candidate = Path(directory) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise CNIError(
         Code.NOT_AVAILABLE,
@@ -233,13 +232,13 @@ def find_plugin(name: str, path: tuple[str, ...]) -> Path:
 
 
 SHIM_MARKER = "# CNI plugin shim written by `python3 -m cni install`; runs "
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: PTH100, PTH120
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def own_shim_module(binary: Path) -> str | None:
+def own_shim_module(binary: str) -> str | None:
     """The module a shim of *this* checkout runs, or None for any other executable."""
     try:
-        with binary.open("rb") as fh:
+        with open(binary, "rb") as fh:
             head = fh.read(512).decode(errors="replace")
     except OSError:
         return None
