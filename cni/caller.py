@@ -333,6 +333,8 @@ class NetworkManager:
         stop_on_error: bool = False,
     ) -> None:
         first: CNIError | None = None
+        if not net.supports("0.4.0"):
+            prev = None  # prevResult on DEL arrived with CNI 0.4.0
         for plugin in reversed(net.plugins):
             cfg = conflist.request_config(net, plugin, prev_result=prev, capability_args=caps)
             try:
@@ -375,8 +377,8 @@ class NetworkManager:
     def check(self, pod_id: str, netns_path: str, *, ifname: str = "eth0") -> None:
         """CHECK the attachment against its cached result. Raises CNIError."""
         net = self.network()
-        if net.disable_check:
-            return
+        if net.disable_check or not net.supports("0.4.0"):
+            return  # CHECK exists from CNI 0.4.0 on
         with self._pod(pod_id):
             cached = self.cache.get(net.name, pod_id, ifname)
             if cached is None:

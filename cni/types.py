@@ -18,7 +18,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SUPPORTED_VERSIONS = ("1.0.0", "1.1.0")
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 
 
@@ -31,6 +31,17 @@ def version_tuple(version: str) -> tuple[int, ...]:
     if len(parts) != 3:
         raise CNIError(Code.DECODE_FAILURE, f"bad CNI version {version!r}")
     return parts
+
+
+def result_for_version(result: dict[str, Any], version: str) -> dict[str, Any]:
+    """An ADD result in the shape of `version` (pure): before 1.0.0 each IP says its family."""
+    out = {**result, "cniVersion": version}
+    if version_tuple(version) < (1, 0, 0):
+        out["ips"] = [
+            {**ip, "version": "6" if ":" in str(ip.get("address", "")) else "4"}
+            for ip in result.get("ips") or ()
+        ]
+    return out
 
 
 def _decode_error(what: str, value: object) -> CNIError:

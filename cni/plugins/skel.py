@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from cni.errors import CNIError, Code
-from cni.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, version_tuple
+from cni.types import (
+    LATEST_VERSION,
+    SUPPORTED_VERSIONS,
+    Result,
+    result_for_version,
+    version_tuple,
+)
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC")
@@ -155,6 +161,10 @@ def parse_request(environ: Mapping[str, str], stdin: bytes, plugin: Plugin) -> R
                 f"incompatible CNI version {version}",
                 f"plugin {plugin.name} supports {', '.join(plugin.versions)}",
             )
+        if command == "CHECK" and version_tuple(version) < (0, 4, 0):
+            raise CNIError(
+                Code.INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, got {version}"
+            )
         if command in ("STATUS", "GC") and version_tuple(version) < (1, 1, 0):
             raise CNIError(Code.INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0 or later")
     return Request(
@@ -185,9 +195,9 @@ def dispatch(plugin: Plugin, request: Request) -> dict[str, Any] | None:
     if handler is None:
         return None
     out = handler(request)
-    if request.command != "ADD":
+    if request.command != "ADD" or out is None:
         return None  # only ADD prints a result (CHECK, DEL, STATUS and GC print nothing)
-    return out
+    return result_for_version(out, request.cni_version)
 
 
 def run(plugin: Plugin) -> int:

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from cni import NetworkManager, PodRef, PortMapping
+from cni import CNIError, NetworkManager, PodRef, PortMapping
 from tests.integration.cni.conftest import (
     FLAVOURS,
     NODE_IP,
     PEER_IP,
     Lab,
     allocations,
+    chain,
     flavour_setup,
     host_links,
     in_netns,
+    manager,
     tcp_echo,
     tcp_talk,
     udp_echo,
@@ -224,3 +226,33 @@ def test_udp_host_port_follows_a_recreated_pod(
     in_netns(node, lambda: mgr.setup(f"new-{lab.prefix}", new, port_mappings=mapping))
     with udp_echo(new, 53, b"new:"):
         assert udp_talk(peer, NODE_IP, 5353, source_port=40000) == b"new:hi"
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_our_chain_speaks_older_cni_versions(
+    version: str, lab: Lab, our_bin: Path, tmp_path: Path
+) -> None:
+    """Networks written for CNI 0.3.1, 0.4.0 and 1.0.0 work with our plugins end to end."""
+    node, _ = lab.node_with_underlay()
+    conf = chain("kpynet", subnet=SUBNET, data_dir=tmp_path / "ipam", version=version)
+    mgr = manager(tmp_path, conf, our_bin)
+    (p0, ip0), (_p1, ip1) = _pods(lab, mgr, node, 2)
+    assert lab.ping(p0, ip1)
+    p2 = lab.netns("p2")
+    in_netns(
+        node, lambda: mgr.setup(f"pod2-{lab.prefix}", p2, port_mappings=[PortMapping(8080, 80)])
+    )
+    with pytest.raises(CNIError, match="host port tcp/8080 is taken"):
+        in_netns(
+            node,
+            lambda: mgr.setup(
+                f"pod3-{lab.prefix}", lab.netns("p3"), port_mappings=[PortMapping(8080, 80)]
+            ),
+        )
+    att = mgr.result(f"pod0-{lab.prefix}")
+    assert att is not None and att.result.cni_version == version
+    in_netns(node, lambda: mgr.check(f"pod0-{lab.prefix}", p0))
+    for i in range(3):
+        in_netns(node, lambda i=i: mgr.teardown(f"pod{i}-{lab.prefix}"))
+    assert allocations(tmp_path / "ipam") == []
+    assert ip0 not in lab.run(node, "nft", "list", "ruleset").stdout

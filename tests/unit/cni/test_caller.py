@@ -153,3 +153,16 @@ def test_version_1_0_skips_status_and_gc_commands(tmp_path: Path) -> None:
     mgr.status()
     assert mgr.gc([]) == []
     assert fake.calls == []
+
+
+def test_version_0_3_1_network_dels_without_prev_result_and_skips_check(tmp_path: Path) -> None:
+    """Before 0.4.0 there was no prevResult on DEL and no CHECK: the caller honours that."""
+    fake = FakeExec()
+    mgr = _mgr(tmp_path, fake, {**CONF, "cniVersion": "0.3.1"})
+    mgr.setup("pod1", "/ns")
+    assert fake.calls[0][2]["cniVersion"] == "0.3.1"
+    fake.calls.clear()
+    mgr.check("pod1", "/ns")
+    mgr.teardown("pod1")
+    assert [(c[0], c[1]) for c in fake.calls] == [("b", "DEL"), ("a", "DEL")]
+    assert all("prevResult" not in c[2] for c in fake.calls)
