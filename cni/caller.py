@@ -161,7 +161,9 @@ class NetworkManager:
         self.timeout_s = timeout_s
         self._exec = executor
         self._gc_lock = _GCLock()
-        self._pod_locks: dict[str, threading.Lock] = {}
+        # pod_id -> [lock, number of callers holding or waiting for it]; an entry goes
+        # away with its last user, so a long-lived agent does not keep one per pod ever seen.
+        self._pod_locks: dict[str, list[Any]] = {}
         self._locks_guard = threading.Lock()
         self._loaded: tuple[tuple[str, float], NetworkConfigList] | None = None
 
@@ -254,9 +256,16 @@ class NetworkManager:
     @contextmanager
     def _pod(self, pod_id: str) -> Iterator[None]:
         with self._locks_guard:
-            lock = self._pod_locks.setdefault(pod_id, threading.Lock())
-        with self._gc_lock.shared(), lock:
-            yield
+            entry = self._pod_locks.setdefault(pod_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with self._gc_lock.shared(), entry[0]:
+                yield
+        finally:
+            with self._locks_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._pod_locks[pod_id]
 
     # ---- the operations --------------------------------------------------------------
 
