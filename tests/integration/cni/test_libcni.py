@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cni.cache import ResultCache
 from tests.integration.cni.conftest import (
     NODE_IP,
     Lab,
@@ -125,9 +126,11 @@ def test_our_plugins_under_libcni(lab: Lab, our_bin: Path, tmp_path: Path, cnito
     for i, p in enumerate(pods):
         tool("check", "kpynet", p, cap_args=caps if i == 0 else None)
     tool("status", "kpynet", pods[0])
-    # libcni cached the results where we put its cache.
-    cached = sorted(os.listdir(tmp_path / "libcni-cache" / "results"))
-    assert len(cached) == 2 and all(name.startswith("kpynet-") for name in cached)
+    # libcni cached the results where we put its cache, in the format our caller keeps too.
+    cached = ResultCache(tmp_path / "libcni-cache").attachments("kpynet")
+    assert sorted(c.netns for c in cached) == sorted(pods)
+    assert sorted(c.result["ips"][0]["address"].split("/")[0] for c in cached) == sorted(ips)
+    assert all(c.ifname == "eth0" and c.container_id.startswith("cnitool-") for c in cached)
     for i, p in enumerate(pods):
         tool("del", "kpynet", p, cap_args=caps if i == 0 else None)
         tool("del", "kpynet", p)  # DEL again, without a cached result: idempotent
