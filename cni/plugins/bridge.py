@@ -13,8 +13,10 @@ DEL is best effort and idempotent: IPAM release first, then the host veth
 the netns nor prevResult is needed), then the masquerade elements.
 
 Config keys: bridge (cni0), mtu (1500), isGateway, isDefaultGateway,
-hairpinMode, ipMasq, ipMasqExclude (list of CIDRs; ours), forceAddress is
-not needed because the gateway address is only ever added.
+hairpinMode, ipMasq, and ours: ipMasqExclude (CIDRs not to masquerade toward,
+e.g. the cluster CIDR on an overlay). The gateway address is only ever added,
+never replaced, so the reference plugin's forceAddress has no use here.
+Netlink goes through `cni.nl` (pyroute2's message classes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from cni.types import IPAddress, Result
 
 
 class BridgeConfig(NamedTuple):
+    """The bridge plugin's validated keys."""
+
     bridge: str
     mtu: int
     is_gateway: bool
