@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,28 @@ def test_our_chain_speaks_older_cni_versions(
         in_netns(node, lambda i=i: mgr.teardown(f"pod{i}-{lab.prefix}"))
     assert allocations(tmp_path / "ipam") == []
     assert ip0 not in lab.run(node, "nft", "list", "ruleset").stdout
+
+
+def test_dual_stack_pods(lab: Lab, our_bin: Path, tmp_path: Path) -> None:
+    """Two range sets give each pod IPv4 + IPv6; both families reach the other pod and gateway."""
+    node, _ = lab.node_with_underlay()
+    conf = chain("kpynet", subnet=SUBNET, data_dir=tmp_path / "ipam")
+    conf["plugins"][0]["ipam"]["ranges"].append([{"subnet": "fd00:244:7::/64"}])
+    mgr = manager(tmp_path, conf, our_bin)
+    paths = [lab.netns("p0"), lab.netns("p1")]
+    atts = [
+        in_netns(node, lambda i=i, p=p: mgr.setup(f"pod{i}-{lab.prefix}", p))
+        for i, p in enumerate(paths)
+    ]
+    assert [ip.version for ip in atts[0].ips] == [4, 6]
+    v6_peer = str(atts[1].ips[1].ip)
+    # New IPv6 addresses are tentative until duplicate address detection is over (~1-2 s).
+    deadline = time.monotonic() + 8
+    while not lab.ping(paths[0], v6_peer) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert lab.ping(paths[0], v6_peer)
+    assert lab.ping(paths[0], "fd00:244:7::1")
+    assert lab.ping(paths[0], str(atts[1].ips[0].ip))
+    for i, p in enumerate(paths):
+        in_netns(node, lambda i=i, p=p: mgr.teardown(f"pod{i}-{lab.prefix}", p))
+    assert allocations(tmp_path / "ipam") == []
