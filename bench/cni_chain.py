@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,12 @@ def manager(work: Path, tag: str, conf: dict[str, Any], bin_dir: Path) -> Networ
     return NetworkManager(conf_dir, [bin_dir], work / f"cache-{tag}")
 
 
+def _children_cpu_ms() -> float:
+    """user+sys of all waited-for child processes so far (plugins and what they ran)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1000
+
+
 def floor_ms(
     argv: list[str], stdin: bytes = b"", env: dict[str, str] | None = None, n: int = 20
 ) -> float:
@@ -138,14 +145,16 @@ def latency(pods: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
     }
     places = {name: (ns.add(f"node{i}"), ns.add(f"pod{i}")) for i, name in enumerate(sides)}
     results: dict[str, dict[str, list[float]]] = {
-        n: {"add": [], "del": [], "total": []} for n in sides
+        n: {"add": [], "del": [], "total": [], "cpu": []} for n in sides
     }
 
     def one(name: str, i: int) -> None:
         node, pod = places[name]
         mgr = sides[name]
+        cpu: list[float] = []
 
         def run() -> tuple[float, float]:
+            cpu0 = _children_cpu_ms()
             t0 = time.perf_counter()
             mgr.setup(
                 f"bench{i}",
@@ -155,6 +164,7 @@ def latency(pods: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
             )
             t1 = time.perf_counter()
             mgr.teardown(f"bench{i}", pod)
+            cpu.append(_children_cpu_ms() - cpu0)
             return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
         add_ms, del_ms = in_netns(node, run)
@@ -163,6 +173,7 @@ def latency(pods: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
             r["add"].append(add_ms)
             r["del"].append(del_ms)
             r["total"].append(add_ms + del_ms)
+            r["cpu"].append(cpu[0])
 
     names = list(sides)
     for name in names:  # warm-up: bridge, tables and page cache
@@ -182,15 +193,19 @@ def latency(pods: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
         ),
     }
     print(f"\nCNI chain bridge+host-local+portmap, ADD+DEL per pod, {pods} pods per side (ms)\n")
-    cols = ("ADD p50", "ADD p99", "DEL p50", "DEL p99", "total p50", "total p99", "floor/exec")
+    cols = ("ADD p50", "ADD p99", "DEL p50", "DEL p99", "total p50", "total p99", "CPU p50")
+    cols = (*cols, "floor/exec")
     head = f"{'chain':34} " + " ".join(f"{c:>10}" for c in cols)
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         values = [percentile(r[k], q) for k in ("add", "del", "total") for q in (50, 99)]
+        values.append(percentile(r["cpu"], 50))
         print(f"{name:34} " + " ".join(f"{v:10.1f}" for v in [*values, floors[name]]))
     ours, deb = (percentile(r["total"], 50) for r in results.values())
-    print(f"\nours / Debian (total p50): {ours / deb:.2f}x")
+    ours_cpu, deb_cpu = (percentile(r["cpu"], 50) for r in results.values())
+    print(f"\nours / Debian: wall (total p50) {ours / deb:.2f}x, CPU {ours_cpu / deb_cpu:.2f}x")
+    print("CPU = user+sys of the plugin processes (and the nft/iptables they run) per pod")
 
 
 def iperf(seconds: int, work: Path, ns: Namespaces, our_bin: Path) -> None:

@@ -161,7 +161,9 @@ class NetworkManager:
         self.timeout_s = timeout_s
         self._exec = executor
         self._gc_lock = _GCLock()
-        self._pod_locks: dict[str, threading.Lock] = {}
+        # pod_id -> [lock, number of callers holding or waiting for it]; an entry goes
+        # away with its last user, so a long-lived agent does not keep one per pod ever seen.
+        self._pod_locks: dict[str, list[Any]] = {}
         self._locks_guard = threading.Lock()
         self._loaded: tuple[tuple[str, float], NetworkConfigList] | None = None
 
@@ -254,9 +256,16 @@ class NetworkManager:
     @contextmanager
     def _pod(self, pod_id: str) -> Iterator[None]:
         with self._locks_guard:
-            lock = self._pod_locks.setdefault(pod_id, threading.Lock())
-        with self._gc_lock.shared(), lock:
-            yield
+            entry = self._pod_locks.setdefault(pod_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with self._gc_lock.shared(), entry[0]:
+                yield
+        finally:
+            with self._locks_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._pod_locks[pod_id]
 
     # ---- the operations --------------------------------------------------------------
 
@@ -276,7 +285,7 @@ class NetworkManager:
         cni_args = pod.cni_args(pod_id) if pod is not None else ()
         caps: dict[str, Any] = {}
         if port_mappings:
-            caps["portMappings"] = [m.to_json() for m in port_mappings]
+            caps["portMappings"] = [m.validated().to_json() for m in port_mappings]
         with self._pod(pod_id):
             prev: dict[str, Any] | None = None
             try:
@@ -333,6 +342,8 @@ class NetworkManager:
         stop_on_error: bool = False,
     ) -> None:
         first: CNIError | None = None
+        if not net.supports("0.4.0"):
+            prev = None  # prevResult on DEL arrived with CNI 0.4.0
         for plugin in reversed(net.plugins):
             cfg = conflist.request_config(net, plugin, prev_result=prev, capability_args=caps)
             try:
@@ -375,8 +386,8 @@ class NetworkManager:
     def check(self, pod_id: str, netns_path: str, *, ifname: str = "eth0") -> None:
         """CHECK the attachment against its cached result. Raises CNIError."""
         net = self.network()
-        if net.disable_check:
-            return
+        if net.disable_check or not net.supports("0.4.0"):
+            return  # CHECK exists from CNI 0.4.0 on
         with self._pod(pod_id):
             cached = self.cache.get(net.name, pod_id, ifname)
             if cached is None:

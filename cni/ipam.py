@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import CNIError, Code, ConfigError
 from cni.types import IPAddress, IPNetwork, Route
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     """Addresses `start`..`end` of `subnet` (inclusive), with the gateway left out."""
 
     subnet: IPNetwork
@@ -90,8 +88,7 @@ def parse_range(raw: Mapping[str, Any]) -> Range:
     return rng
 
 
-@dataclass(frozen=True)
-class IPAMConfig:
+class IPAMConfig(NamedTuple):
     """The `ipam` section of host-local: range sets, routes and the data directory."""
 
     range_sets: tuple[tuple[Range, ...], ...]

@@ -60,11 +60,9 @@ def enter(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def _import_iproute() -> Any:
-    """pyroute2's IPRoute class without running the package's heavy `__init__`."""
-    # Empty package modules for pyroute2 and pyroute2.iproute: their __init__ files
-    # import every backend (ndb, ipdb, conntrack, the mock IPRoute), none of which we use.
-    for name in ("pyroute2", "pyroute2.iproute"):
+def _stub_packages(*names: str) -> None:
+    """Empty package modules: pyroute2's __init__ files import every backend it has."""
+    for name in names:
         if name in sys.modules:
             continue
         spec = importlib.util.find_spec(name)
@@ -75,6 +73,13 @@ def _import_iproute() -> Any:
         package.__spec__ = spec
         package.__file__ = spec.origin
         sys.modules[name] = package
+
+
+def _import_iproute() -> Any:
+    """pyroute2's IPRoute class without running the package's heavy `__init__`."""
+    # pyroute2 and pyroute2.iproute __init__s import ndb, ipdb, conntrack and the mock
+    # IPRoute, none of which a plugin uses.
+    _stub_packages("pyroute2", "pyroute2.iproute")
     try:
         from pyroute2.iproute.linux import IPRoute
     except ImportError:
@@ -82,6 +87,36 @@ def _import_iproute() -> Any:
         sys.modules.pop("pyroute2", None)
         from pyroute2 import IPRoute
     return IPRoute
+
+
+def delete_udp_conntrack(ports: list[int]) -> int:
+    """Delete conntrack entries of UDP flows to these destination ports (this namespace).
+
+    A UDP "connection" to a host port keeps its DNAT to the old pod until it times
+    out; a pod re-created behind the same port would never see those packets.
+    Returns how many entries were deleted.
+    """
+    if not ports:
+        return 0
+    _stub_packages("pyroute2")
+    from pyroute2.conntrack import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    deleted = 0
+    ct = Conntrack()
+    try:
+        for port in ports:
+            wanted = NFCTAttrTuple(proto=17, dport=port)
+            for entry in list(ct.dump_entries(tuple_orig=wanted)):
+                try:
+                    ct.delete(entry)
+                    deleted += 1
+                except Exception as err:
+                    if netlink_error_code(err) != 2:  # ENOENT: it expired meanwhile
+                        raise
+    finally:
+        ct.close()
+    return deleted
 
 
 def iproute(netns_path: str | None = None) -> Any:

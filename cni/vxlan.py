@@ -85,6 +85,20 @@ def peer_from_node(
         return None
 
 
+def peers_from_nodes(nodes: Iterable[Mapping[str, Any]], *, vni: int) -> list[Peer]:
+    """Peers from Node objects as the API returns them (JSON dicts); unready nodes skipped."""
+    out = []
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        peer = peer_from_node(
+            str(meta.get("name") or ""), spec.get("podCIDR"), meta.get("annotations"), vni=vni
+        )
+        if peer is not None:
+            out.append(peer)
+    return out
+
+
 @dataclass(frozen=True)
 class Actual:
     """What the kernel has on the VTEP now."""

@@ -13,8 +13,10 @@ DEL is best effort and idempotent: IPAM release first, then the host veth
 the netns nor prevResult is needed), then the masquerade elements.
 
 Config keys: bridge (cni0), mtu (1500), isGateway, isDefaultGateway,
-hairpinMode, ipMasq, ipMasqExclude (list of CIDRs; ours), forceAddress is
-not needed because the gateway address is only ever added.
+hairpinMode, ipMasq, and ours: ipMasqExclude (CIDRs not to masquerade toward,
+e.g. the cluster CIDR on an overlay). The gateway address is only ever added,
+never replaced, so the reference plugin's forceAddress has no use here.
+Netlink goes through `cni.nl` (pyroute2's message classes).
 """
 
 from __future__ import annotations
@@ -23,22 +25,17 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from cni import netns
+from cni import netns, nl
 from cni.errors import CNIError, Code
 from cni.plugins import skel
 from cni.types import IPAddress, Result
 
-_EEXIST = 17
-_ENODEV = 19
-_ESRCH = 3
-_ENOENT = 2
 
+class BridgeConfig(NamedTuple):
+    """The bridge plugin's validated keys."""
 
-@dataclass(frozen=True)
-class BridgeConfig:
     bridge: str
     mtu: int
     is_gateway: bool
@@ -94,44 +91,31 @@ def bridge_mac(bridge: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x0A, 0x58, d[0], d[1], d[2], d[3]))
 
 
-def _index(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
-
-
-def _mac(ipr: Any, index: int) -> str:
-    link = ipr.get_links(index)[0]
-    return str(link.get_attr("IFLA_ADDRESS") or "")
-
-
-def _ensure_bridge(ipr: Any, cfg: BridgeConfig) -> int:
-    index = _index(ipr, cfg.bridge)
-    if index is None:
+def _ensure_bridge(link: nl.Netlink, cfg: BridgeConfig) -> Any:
+    """The bridge (created when missing, up); returns its link message."""
+    found = link.link(cfg.bridge)
+    if found is None:
         try:
-            ipr.link(
-                "add", ifname=cfg.bridge, kind="bridge", mtu=cfg.mtu, address=bridge_mac(cfg.bridge)
-            )
-        except Exception as err:
-            if netns.netlink_error_code(err) != _EEXIST:  # a concurrent ADD made it first
+            link.link_add(cfg.bridge, "bridge", mtu=cfg.mtu, address=bridge_mac(cfg.bridge))
+        except OSError as err:
+            if err.errno != nl.EEXIST:  # a concurrent ADD made it first
                 raise CNIError(
                     Code.NETLINK_FAILURE, f"cannot create bridge {cfg.bridge}", str(err)
                 ) from err
-        index = _index(ipr, cfg.bridge)
-        if index is None:
+        found = link.link(cfg.bridge)
+        if found is None:
             raise CNIError(Code.NETLINK_FAILURE, f"bridge {cfg.bridge} vanished after creation")
-    link = ipr.get_links(index)[0]
-    info = link.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+    if nl.kind_of(found) != "bridge":
         raise CNIError(Code.INVALID_CONFIG, f"{cfg.bridge} exists and is not a bridge")
-    ipr.link("set", index=index, state="up")
-    return index
+    link.link_set(int(found["index"]), up=True)
+    return found
 
 
-def _ignore(fn: Any, *codes: int) -> None:
+def _ignore_exists(fn: Any) -> None:
     try:
         fn()
-    except Exception as err:
-        if netns.netlink_error_code(err) not in codes:
+    except OSError as err:
+        if err.errno != nl.EEXIST:
             raise
 
 
@@ -143,27 +127,30 @@ def add(request: skel.Request) -> dict[str, Any]:
         raise CNIError(
             Code.UNKNOWN_CONTAINER, f"network namespace {request.netns} does not exist", str(err)
         ) from err
-    ipr = netns.iproute()
+    host = nl.Netlink()
     host_name = host_veth_name(request.network, request.container_id, request.ifname)
     ipam_done = veth_made = False
     try:
-        br_index = _ensure_bridge(ipr, cfg)
+        bridge = _ensure_bridge(host, cfg)
+        br_index = int(bridge["index"])
         ipam_raw = skel.delegate(request, cfg.ipam_type, "ADD") or {}
         ipam_done = True
         ipam_result = Result.from_json(ipam_raw)
         if not ipam_result.ips:
             raise CNIError(Code.INVALID_CONFIG, f"IPAM plugin {cfg.ipam_type} returned no IP")
         try:
-            ipr.link(
-                "add",
-                ifname=host_name,
-                kind="veth",
+            host.link_add(
+                host_name,
+                "veth",
                 mtu=cfg.mtu,
-                peer={"ifname": request.ifname, "net_ns_fd": ns_fd, "mtu": cfg.mtu},
+                peer=[
+                    ("IFLA_IFNAME", request.ifname),
+                    ("IFLA_NET_NS_FD", ns_fd),
+                    ("IFLA_MTU", cfg.mtu),
+                ],
             )
-        except Exception as err:
-            code = netns.netlink_error_code(err)
-            if code == _EEXIST:
+        except OSError as err:
+            if err.errno == nl.EEXIST:
                 raise CNIError(
                     Code.INVALID_CONFIG,
                     f"interface {request.ifname} (or host end {host_name}) already exists",
@@ -173,63 +160,49 @@ def add(request: skel.Request) -> dict[str, Any]:
                 Code.NETLINK_FAILURE, f"cannot create veth {host_name}", str(err)
             ) from err
         veth_made = True
-        host_index = _index(ipr, host_name)
-        if host_index is None:
+        host_link = host.link(host_name)
+        if host_link is None:
             raise CNIError(Code.NETLINK_FAILURE, f"veth {host_name} vanished after creation")
-        ipr.link("set", index=host_index, master=br_index, state="up")
+        host_index = int(host_link["index"])
+        host.link_set(host_index, up=True, master=br_index)
         if cfg.hairpin:
-            ipr.brport("set", index=host_index, mode=1)
+            host.hairpin(host_index)
 
         # Gateway addresses on the bridge (idempotent), forwarding on.
-        for ipc in ipam_result.ips:
-            if cfg.is_gateway and ipc.gateway is not None:
-                gateway = ipc.gateway
-                _ignore(
-                    lambda gateway=gateway, ipc=ipc: ipr.addr(
-                        "add",
-                        index=br_index,
-                        address=str(gateway),
-                        prefixlen=ipc.address.network.prefixlen,
-                    ),
-                    _EEXIST,
-                )
         if cfg.is_gateway:
+            for ipc in ipam_result.ips:
+                if ipc.gateway is not None:
+                    gw_if = ipaddress.ip_interface(f"{ipc.gateway}/{ipc.address.network.prefixlen}")
+                    _ignore_exists(lambda gw_if=gw_if: host.addr_add(br_index, gw_if))
             netns.write_sysctl("net/ipv4/ip_forward", "1")
             if any(i.address.version == 6 for i in ipam_result.ips):
                 netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
-        ns_ipr = netns.iproute(request.netns)
-        try:
-            pod_index = _index(ns_ipr, request.ifname)
-            if pod_index is None:
+        with nl.Netlink(request.netns) as pod:
+            pod_link = pod.link(request.ifname)
+            if pod_link is None:
                 raise CNIError(Code.NETLINK_FAILURE, f"{request.ifname} missing in {request.netns}")
+            pod_index = int(pod_link["index"])
             for ipc in ipam_result.ips:
-                ns_ipr.addr(
-                    "add",
-                    index=pod_index,
-                    address=str(ipc.address.ip),
-                    prefixlen=ipc.address.network.prefixlen,
-                )
-            ns_ipr.link("set", index=pod_index, state="up")
-            routes = list(ipam_result.routes)
+                pod.addr_add(pod_index, ipc.address)
+            pod.link_set(pod_index, up=True)
             for ipc in ipam_result.ips:
                 if cfg.is_default_gateway and ipc.gateway is not None:
-                    dst = "0.0.0.0/0" if ipc.address.version == 4 else "::/0"
-                    ns_ipr.route("add", dst=dst, gateway=str(ipc.gateway), oif=pod_index)
-            for route in routes:
+                    default = ipaddress.ip_network(
+                        "0.0.0.0/0" if ipc.address.version == 4 else "::/0"
+                    )
+                    pod.route_add(default, oif=pod_index, gateway=ipc.gateway)
+            for route in ipam_result.routes:
                 if cfg.is_default_gateway and route.dst.prefixlen == 0:
                     continue  # the default route was just added
                 gw: IPAddress | None = route.gw or next(
                     (i.gateway for i in ipam_result.ips if i.address.version == route.dst.version),
                     None,
                 )
-                kw: dict[str, Any] = {"dst": str(route.dst), "oif": pod_index}
-                if gw is not None:
-                    kw["gateway"] = str(gw)
-                _ignore(lambda kw=kw: ns_ipr.route("add", **kw), _EEXIST)
-            pod_mac = _mac(ns_ipr, pod_index)
-        finally:
-            ns_ipr.close()
+                _ignore_exists(
+                    lambda route=route, gw=gw: pod.route_add(route.dst, oif=pod_index, gateway=gw)
+                )
+            pod_mac = nl.mac_of(pod_link)
 
         if cfg.ip_masq:
             from cni import nft
@@ -247,8 +220,8 @@ def add(request: skel.Request) -> dict[str, Any]:
         result: dict[str, Any] = {
             "cniVersion": request.cni_version,
             "interfaces": [
-                {"name": cfg.bridge, "mac": _mac(ipr, br_index)},
-                {"name": host_name, "mac": _mac(ipr, host_index)},
+                {"name": cfg.bridge, "mac": nl.mac_of(bridge)},
+                {"name": host_name, "mac": nl.mac_of(host_link)},
                 {"name": request.ifname, "mac": pod_mac, "sandbox": request.netns, "mtu": cfg.mtu},
             ],
             "ips": [{**i.to_json(), "interface": 2} for i in ipam_result.ips],
@@ -260,7 +233,10 @@ def add(request: skel.Request) -> dict[str, Any]:
             result["dns"] = dns
     except BaseException:
         if veth_made:
-            _ignore(lambda: ipr.link("del", ifname=host_name), _ENODEV, _ENOENT)
+            try:
+                host.link_del(host_name)
+            except OSError:
+                pass
         if ipam_done:
             try:
                 skel.delegate(request, cfg.ipam_type, "DEL")
@@ -270,7 +246,7 @@ def add(request: skel.Request) -> dict[str, Any]:
     else:
         return result
     finally:
-        ipr.close()
+        host.close()
         os.close(ns_fd)
 
 
@@ -297,12 +273,8 @@ def delete(request: skel.Request) -> None:
         skel.delegate(request, cfg.ipam_type, "DEL")
     except CNIError as err:
         errors.append(str(err))
-    ipr = netns.iproute()
-    try:
-        host_name = host_veth_name(request.network, request.container_id, request.ifname)
-        _ignore(lambda: ipr.link("del", ifname=host_name), _ENODEV, _ENOENT)
-    finally:
-        ipr.close()
+    with nl.Netlink() as host:
+        host.link_del(host_veth_name(request.network, request.container_id, request.ifname))
     if cfg.ip_masq:
         from cni import nft
 
@@ -322,33 +294,27 @@ def check(request: skel.Request) -> None:
     if prev is None:
         raise CNIError(Code.INVALID_CONFIG, "bridge CHECK needs prevResult")
     skel.delegate(request, cfg.ipam_type, "CHECK")
-    ipr = netns.iproute()
-    try:
-        br = _index(ipr, cfg.bridge)
-        if br is None:
+    with nl.Netlink() as host:
+        bridge = host.link(cfg.bridge)
+        if bridge is None:
             raise CNIError(Code.INTERNAL, f"bridge {cfg.bridge} is missing")
-        host = _index(ipr, host_veth_name(request.network, request.container_id, request.ifname))
-        if host is None:
+        veth = host.link(host_veth_name(request.network, request.container_id, request.ifname))
+        if veth is None:
             raise CNIError(Code.INTERNAL, f"host veth of {request.container_id} is missing")
-        if ipr.get_links(host)[0].get_attr("IFLA_MASTER") != br:
+        if veth.get_attr("IFLA_MASTER") != bridge["index"]:
             raise CNIError(
                 Code.INTERNAL, f"host veth of {request.container_id} is not on {cfg.bridge}"
             )
-    finally:
-        ipr.close()
-    ns_ipr = netns.iproute(request.netns)
-    try:
-        idx = _index(ns_ipr, request.ifname)
-        if idx is None:
+    with nl.Netlink(request.netns) as pod:
+        link = pod.link(request.ifname)
+        if link is None:
             raise CNIError(Code.INTERNAL, f"{request.ifname} is missing in {request.netns}")
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns_ipr.get_addr(index=idx)}
+        have = pod.addrs(int(link["index"]))
         for ip in prev.sandbox_ips(request.netns):
             if (str(ip.ip), ip.network.prefixlen) not in have:
                 raise CNIError(
                     Code.INTERNAL, f"{ip} is missing on {request.ifname} in {request.netns}"
                 )
-    finally:
-        ns_ipr.close()
     return None
 
 

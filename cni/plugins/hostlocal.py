@@ -14,7 +14,6 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from cni import ipam
@@ -25,19 +24,31 @@ from cni.types import IPAddress
 _LAST = "last_reserved_ip."
 
 
+def _read(path: str) -> str:
+    with open(path, "rb") as fh:
+        return fh.read().decode()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "wb") as fh:
+        fh.write(text.encode())
+
+
 class Store:
     """Allocation files of one network under a data directory."""
 
     def __init__(self, data_dir: str, network: str) -> None:
         if not network or "/" in network or network in (".", ".."):
             raise CNIError(Code.INVALID_CONFIG, f"bad network name {network!r}")
-        self.dir = Path(data_dir) / network
+        self.dir = os.path.join(data_dir, network)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(
+                os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         except OSError as err:
             raise CNIError(Code.IO_FAILURE, f"cannot open IPAM store {self.dir}", str(err)) from err
         try:
@@ -50,7 +61,7 @@ class Store:
         """Address -> (containerID, ifname) for every allocation on disk."""
         out: dict[IPAddress, tuple[str, str]] = {}
         try:
-            names = os.listdir(self.dir)  # noqa: PTH208 - names only, hot path
+            names = os.listdir(self.dir)
         except FileNotFoundError:
             return out
         for name in names:
@@ -59,7 +70,7 @@ class Store:
             except ValueError:
                 continue
             try:
-                text = (self.dir / name).read_bytes().decode()
+                text = _read(os.path.join(self.dir, name))
             except FileNotFoundError:
                 continue
             cid, _, ifname = text.partition("\r\n")
@@ -68,23 +79,23 @@ class Store:
 
     def last_reserved(self, index: int) -> IPAddress | None:
         try:
-            return ipaddress.ip_address((self.dir / f"{_LAST}{index}").read_text().strip())
+            return ipaddress.ip_address(_read(os.path.join(self.dir, f"{_LAST}{index}")).strip())
         except (FileNotFoundError, ValueError):
             return None
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, index: int) -> None:
-        path = self.dir / str(ip)
-        tmp = self.dir / f".{ip}.tmp"
+        path = os.path.join(self.dir, str(ip))
+        tmp = os.path.join(self.dir, f".{ip}.tmp")
         try:
-            tmp.write_text(f"{container_id}\r\n{ifname}")
-            tmp.rename(path)
-            (self.dir / f"{_LAST}{index}").write_text(str(ip))
+            _write(tmp, f"{container_id}\r\n{ifname}")
+            os.rename(tmp, path)
+            _write(os.path.join(self.dir, f"{_LAST}{index}"), str(ip))
         except OSError as err:
             raise CNIError(Code.IO_FAILURE, f"cannot record allocation of {ip}", str(err)) from err
 
     def release(self, ip: IPAddress) -> None:
         try:
-            (self.dir / str(ip)).unlink()
+            os.unlink(os.path.join(self.dir, str(ip)))
         except FileNotFoundError:
             pass
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cni import netns
+from cni import nl
 from cni.errors import CNIError, Code
 from cni.plugins import skel
 
 
-def _set_lo(path: str, state: str) -> None:
-    ipr = netns.iproute(path)
-    try:
-        index = ipr.link_lookup(ifname="lo")[0]
-        ipr.link("set", index=index, state=state)
-    finally:
-        ipr.close()
+def _set_lo(path: str, up: bool) -> None:
+    with nl.Netlink(path) as link:
+        lo = link.link("lo")
+        if lo is None:
+            raise CNIError(Code.INTERNAL, f"no lo in {path}")
+        link.link_set(int(lo["index"]), up=up)
 
 
 def add(request: skel.Request) -> dict[str, Any]:
-    _set_lo(request.netns, "up")
+    _set_lo(request.netns, True)
     prev = request.config.get("prevResult")
     if prev:
         return {**prev, "cniVersion": request.cni_version}
@@ -39,10 +38,10 @@ def add(request: skel.Request) -> dict[str, Any]:
 
 
 def delete(request: skel.Request) -> None:
-    if not request.netns or not os.path.exists(request.netns):  # noqa: PTH110
+    if not request.netns or not os.path.exists(request.netns):
         return None
     try:
-        _set_lo(request.netns, "down")
+        _set_lo(request.netns, False)
     except CNIError as err:
         if err.code != Code.UNKNOWN_CONTAINER:
             raise
@@ -50,13 +49,10 @@ def delete(request: skel.Request) -> None:
 
 
 def check(request: skel.Request) -> None:
-    ipr = netns.iproute(request.netns)
-    try:
-        link = ipr.get_links(ipr.link_lookup(ifname="lo")[0])[0]
-        if link.get_attr("IFLA_OPERSTATE") not in ("UNKNOWN", "UP"):
+    with nl.Netlink(request.netns) as link:
+        lo = link.link("lo")
+        if lo is None or not int(lo["flags"]) & nl.IFF_UP:
             raise CNIError(Code.INTERNAL, f"lo is down in {request.netns}")
-    finally:
-        ipr.close()
     return None
 
 

@@ -46,7 +46,28 @@ def add(request: skel.Request) -> dict[str, Any]:
                 netns.write_sysctl(f"net/ipv4/conf/{iface.name}/route_localnet", "1")
             except CNIError:
                 pass  # host interfaces of other plugins may not exist by that name
-    nft.apply(nft.portmap_add_script(elements))
+    if not nft.try_apply(nft.portmap_add_script(elements)):
+        taken = nft.list_table_elements("ip", nft.PORTMAP_TABLE)
+        for m in mappings:
+            key = f"{m.protocol} . {m.host_port}"
+            name = "hostports"
+            if m.host_ip and m.host_ip not in ("0.0.0.0", "::"):  # noqa: S104 - "any" address
+                key, name = f"{m.host_ip} . {key}", "hostip_ports"
+            owner = next((e.comment for e in taken.get(name, []) if e.key == key), None)
+            if owner is not None and owner != request.attachment_key():
+                raise CNIError(
+                    Code.INVALID_CONFIG,
+                    f"host port {m.protocol}/{m.host_port} is taken",
+                    f"already mapped for {owner}",
+                )
+        nft.apply(nft.portmap_add_script(elements))  # not a conflict: report nft's own error
+    udp_ports = sorted({m.host_port for m in mappings if m.protocol == "udp"})
+    try:
+        netns.delete_udp_conntrack(udp_ports)
+    except Exception as err:
+        raise CNIError(
+            Code.NETLINK_FAILURE, "portmap: cannot flush stale UDP conntrack entries", str(err)
+        ) from err
     return out
 
 

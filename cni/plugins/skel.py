@@ -14,12 +14,16 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import CNIError, Code
-from cni.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, version_tuple
+from cni.types import (
+    LATEST_VERSION,
+    SUPPORTED_VERSIONS,
+    Result,
+    result_for_version,
+    version_tuple,
+)
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC")
@@ -56,8 +60,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One plugin invocation: the environment parameters and the configuration."""
 
     command: str
@@ -68,7 +71,7 @@ class Request:
     path: tuple[str, ...]
     config: Mapping[str, Any]
     stdin: bytes
-    environ: Mapping[str, str] = field(repr=False, default_factory=dict)
+    environ: Mapping[str, str]
 
     @property
     def cni_version(self) -> str:
@@ -112,8 +115,7 @@ class Request:
 Handler = Callable[[Request], dict[str, Any] | None]
 
 
-@dataclass(frozen=True)
-class Plugin:
+class Plugin(NamedTuple):
     """A plugin's handlers; STATUS and GC default to success, CHECK must be given."""
 
     name: str
@@ -159,6 +161,10 @@ def parse_request(environ: Mapping[str, str], stdin: bytes, plugin: Plugin) -> R
                 f"incompatible CNI version {version}",
                 f"plugin {plugin.name} supports {', '.join(plugin.versions)}",
             )
+        if command == "CHECK" and version_tuple(version) < (0, 4, 0):
+            raise CNIError(
+                Code.INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, got {version}"
+            )
         if command in ("STATUS", "GC") and version_tuple(version) < (1, 1, 0):
             raise CNIError(Code.INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0 or later")
     return Request(
@@ -189,9 +195,9 @@ def dispatch(plugin: Plugin, request: Request) -> dict[str, Any] | None:
     if handler is None:
         return None
     out = handler(request)
-    if request.command != "ADD":
+    if request.command != "ADD" or out is None:
         return None  # only ADD prints a result (CHECK, DEL, STATUS and GC print nothing)
-    return out
+    return result_for_version(out, request.cni_version)
 
 
 def run(plugin: Plugin) -> int:
@@ -220,13 +226,13 @@ def _emit(obj: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def find_plugin(name: str, path: tuple[str, ...]) -> Path:
+def find_plugin(name: str, path: tuple[str, ...]) -> str:
     """The first executable called `name` in the CNI_PATH directories (code 50 if none)."""
     if not name or "/" in name or name in (".", ".."):
         raise CNIError(Code.INVALID_CONFIG, f"bad plugin type {name!r}")
     for directory in path:
-        candidate = Path(directory) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise CNIError(
         Code.NOT_AVAILABLE,
@@ -236,13 +242,13 @@ def find_plugin(name: str, path: tuple[str, ...]) -> Path:
 
 
 SHIM_MARKER = "# CNI plugin shim written by `python3 -m cni install`; runs "
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: PTH100, PTH120
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def own_shim_module(binary: Path) -> str | None:
+def own_shim_module(binary: str) -> str | None:
     """The module a shim of *this* checkout runs, or None for any other executable."""
     try:
-        with binary.open("rb") as fh:
+        with open(binary, "rb") as fh:
             head = fh.read(512).decode(errors="replace")
     except OSError:
         return None

@@ -202,8 +202,8 @@ def tcp_echo(
 
 
 @contextlib.contextmanager
-def udp_echo(path: str, port: int) -> Iterator[None]:
-    """A UDP server inside a namespace that answers b'echo:' + each datagram."""
+def udp_echo(path: str, port: int, prefix: bytes = b"echo:") -> Iterator[None]:
+    """A UDP server inside a namespace that answers prefix + each datagram."""
     sock = in_netns(path, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     sock.bind(("0.0.0.0", port))
     sock.settimeout(0.2)
@@ -215,7 +215,7 @@ def udp_echo(path: str, port: int) -> Iterator[None]:
                 data, addr = sock.recvfrom(100)
             except TimeoutError:
                 continue
-            sock.sendto(b"echo:" + data, addr)
+            sock.sendto(prefix + data, addr)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -241,10 +241,15 @@ def tcp_talk(path: str, ip: str, port: int, timeout_s: float = 3.0) -> bytes:
     return in_netns(path, talk)
 
 
-def udp_talk(path: str, ip: str, port: int) -> bytes:
+def udp_talk(path: str, ip: str, port: int, *, source_port: int = 0) -> bytes:
+    """Send b'hi' from inside a namespace (from source_port if given); the answer or b''."""
+
     def talk() -> bytes:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(2)
+            if source_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("0.0.0.0", source_port))
             s.sendto(b"hi", (ip, port))
             try:
                 return s.recv(100)

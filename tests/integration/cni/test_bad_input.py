@@ -124,4 +124,10 @@ def test_plugin_protocol_errors_on_stdout(our_bin: Path) -> None:
         capture_output=True,
         check=True,
     )
-    assert json.loads(version.stdout)["supportedVersions"] == ["1.0.0", "1.1.0"]
+    assert json.loads(version.stdout)["supportedVersions"] == [
+        "0.3.0",
+        "0.3.1",
+        "0.4.0",
+        "1.0.0",
+        "1.1.0",
+    ]

@@ -10,20 +10,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from cni import NetworkManager, PodRef, PortMapping
+from cni import CNIError, NetworkManager, PodRef, PortMapping
 from tests.integration.cni.conftest import (
     FLAVOURS,
     NODE_IP,
     PEER_IP,
     Lab,
     allocations,
+    chain,
     flavour_setup,
     host_links,
     in_netns,
+    manager,
     tcp_echo,
     tcp_talk,
     udp_echo,
@@ -206,3 +209,76 @@ def test_concurrent_adds_get_distinct_addresses(
     assert len(set(ips.values())) == 8
     assert sorted(allocations(tmp_path / "ipam")) == sorted(ips.values())
     assert all(lab.ping(paths[i], GATEWAY) for i in (0, 7))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_udp_host_port_follows_a_recreated_pod(
+    flavour: str, lab: Lab, our_bin: Path, tmp_path: Path
+) -> None:
+    """A UDP flow to a hostPort reaches the new pod after the old one is replaced (no stale NAT)."""
+    node, peer = lab.node_with_underlay()
+    mgr = flavour_setup(flavour, our_bin, tmp_path, subnet=SUBNET)
+    mapping = [PortMapping(5353, 53, "udp")]
+    old, new = lab.netns("old"), lab.netns("new")
+    in_netns(node, lambda: mgr.setup(f"old-{lab.prefix}", old, port_mappings=mapping))
+    with udp_echo(old, 53, b"old:"):
+        assert udp_talk(peer, NODE_IP, 5353, source_port=40000) == b"old:hi"
+    in_netns(node, lambda: mgr.teardown(f"old-{lab.prefix}", old))
+    in_netns(node, lambda: mgr.setup(f"new-{lab.prefix}", new, port_mappings=mapping))
+    with udp_echo(new, 53, b"new:"):
+        assert udp_talk(peer, NODE_IP, 5353, source_port=40000) == b"new:hi"
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_our_chain_speaks_older_cni_versions(
+    version: str, lab: Lab, our_bin: Path, tmp_path: Path
+) -> None:
+    """Networks written for CNI 0.3.1, 0.4.0 and 1.0.0 work with our plugins end to end."""
+    node, _ = lab.node_with_underlay()
+    conf = chain("kpynet", subnet=SUBNET, data_dir=tmp_path / "ipam", version=version)
+    mgr = manager(tmp_path, conf, our_bin)
+    (p0, ip0), (_p1, ip1) = _pods(lab, mgr, node, 2)
+    assert lab.ping(p0, ip1)
+    p2 = lab.netns("p2")
+    in_netns(
+        node, lambda: mgr.setup(f"pod2-{lab.prefix}", p2, port_mappings=[PortMapping(8080, 80)])
+    )
+    with pytest.raises(CNIError, match="host port tcp/8080 is taken"):
+        in_netns(
+            node,
+            lambda: mgr.setup(
+                f"pod3-{lab.prefix}", lab.netns("p3"), port_mappings=[PortMapping(8080, 80)]
+            ),
+        )
+    att = mgr.result(f"pod0-{lab.prefix}")
+    assert att is not None and att.result.cni_version == version
+    in_netns(node, lambda: mgr.check(f"pod0-{lab.prefix}", p0))
+    for i in range(3):
+        in_netns(node, lambda i=i: mgr.teardown(f"pod{i}-{lab.prefix}"))
+    assert allocations(tmp_path / "ipam") == []
+    assert ip0 not in lab.run(node, "nft", "list", "ruleset").stdout
+
+
+def test_dual_stack_pods(lab: Lab, our_bin: Path, tmp_path: Path) -> None:
+    """Two range sets give each pod IPv4 + IPv6; both families reach the other pod and gateway."""
+    node, _ = lab.node_with_underlay()
+    conf = chain("kpynet", subnet=SUBNET, data_dir=tmp_path / "ipam")
+    conf["plugins"][0]["ipam"]["ranges"].append([{"subnet": "fd00:244:7::/64"}])
+    mgr = manager(tmp_path, conf, our_bin)
+    paths = [lab.netns("p0"), lab.netns("p1")]
+    atts = [
+        in_netns(node, lambda i=i, p=p: mgr.setup(f"pod{i}-{lab.prefix}", p))
+        for i, p in enumerate(paths)
+    ]
+    assert [ip.version for ip in atts[0].ips] == [4, 6]
+    v6_peer = str(atts[1].ips[1].ip)
+    # New IPv6 addresses are tentative until duplicate address detection is over (~1-2 s).
+    deadline = time.monotonic() + 8
+    while not lab.ping(paths[0], v6_peer) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert lab.ping(paths[0], v6_peer)
+    assert lab.ping(paths[0], "fd00:244:7::1")
+    assert lab.ping(paths[0], str(atts[1].ips[0].ip))
+    for i, p in enumerate(paths):
+        in_netns(node, lambda i=i, p=p: mgr.teardown(f"pod{i}-{lab.prefix}", p))
+    assert allocations(tmp_path / "ipam") == []

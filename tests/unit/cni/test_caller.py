@@ -153,3 +153,43 @@ def test_version_1_0_skips_status_and_gc_commands(tmp_path: Path) -> None:
     mgr.status()
     assert mgr.gc([]) == []
     assert fake.calls == []
+
+
+def test_version_0_3_1_network_dels_without_prev_result_and_skips_check(tmp_path: Path) -> None:
+    """Before 0.4.0 there was no prevResult on DEL and no CHECK: the caller honours that."""
+    fake = FakeExec()
+    mgr = _mgr(tmp_path, fake, {**CONF, "cniVersion": "0.3.1"})
+    mgr.setup("pod1", "/ns")
+    assert fake.calls[0][2]["cniVersion"] == "0.3.1"
+    fake.calls.clear()
+    mgr.check("pod1", "/ns")
+    mgr.teardown("pod1")
+    assert [(c[0], c[1]) for c in fake.calls] == [("b", "DEL"), ("a", "DEL")]
+    assert all("prevResult" not in c[2] for c in fake.calls)
+
+
+def test_calls_for_one_pod_are_serialized_and_locks_do_not_accumulate(tmp_path: Path) -> None:
+    """Two threads on one pod never overlap; no per-pod lock remains afterwards."""
+    import threading
+    import time
+
+    active: list[int] = []
+    overlap: list[bool] = []
+
+    class Slow(FakeExec):
+        def __call__(self, binary, env, stdin, timeout_s):  # type: ignore[no-untyped-def]
+            active.append(1)
+            overlap.append(len(active) > 1)
+            time.sleep(0.02)
+            active.pop()
+            return super().__call__(binary, env, stdin, timeout_s)
+
+    mgr = _mgr(tmp_path, Slow())
+    threads = [threading.Thread(target=mgr.setup, args=("same", "/ns")) for _ in range(1)]
+    threads.append(threading.Thread(target=mgr.teardown, args=("same",)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not any(overlap)
+    assert mgr._pod_locks == {}

@@ -45,9 +45,9 @@ def test_single_plugin_conf_becomes_a_list() -> None:
         (lambda c: c.update(name="bad name"), Code.INVALID_CONFIG, "network name"),
         (lambda c: c.pop("cniVersion"), Code.INVALID_CONFIG, "cniVersion"),
         (
-            lambda c: c.update(cniVersion="0.3.1", cniVersions=[]),
+            lambda c: c.update(cniVersion="0.2.0", cniVersions=[]),
             Code.INCOMPATIBLE_VERSION,
-            "0.3.1",
+            "0.2.0",
         ),
         (lambda c: c.update(plugins=[]), Code.INVALID_CONFIG, "plugins"),
         (lambda c: c["plugins"].append({"bridge": "x"}), Code.INVALID_CONFIG, "plugins[2]"),

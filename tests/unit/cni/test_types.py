@@ -4,7 +4,7 @@ import pytest
 
 from cni.errors import CNIError, Code
 from cni.plugins import skel
-from cni.types import PortMapping, Result
+from cni.types import PortMapping, Result, result_for_version
 
 RESULT = {
     "cniVersion": "1.1.0",
@@ -73,7 +73,7 @@ def test_skel_requires_the_commands_variables() -> None:
         ({"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0"}, b"{x", 6),
         (
             {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0"},
-            b'{"cniVersion": "0.3.1", "name": "n"}',
+            b'{"cniVersion": "0.2.0", "name": "n"}',
             Code.INCOMPATIBLE_VERSION,
         ),
         ({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, b'{"cniVersion": "1.0.0", "name": "n"}', 1),
@@ -91,5 +91,22 @@ def test_version_answer() -> None:
     req = skel.parse_request({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', _plugin())
     assert skel.dispatch(_plugin(), req) == {
         "cniVersion": "1.0.0",
-        "supportedVersions": ["1.0.0", "1.1.0"],
+        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
     }
+
+
+def test_results_for_older_versions_name_the_ip_family() -> None:
+    """0.3.x/0.4.0 results carry ips[].version; 1.x results are unchanged but for cniVersion."""
+    old = result_for_version(RESULT, "0.4.0")
+    assert old["cniVersion"] == "0.4.0" and old["ips"][0]["version"] == "4"
+    v6 = result_for_version({"ips": [{"address": "fd00::2/64"}]}, "0.3.1")
+    assert v6["ips"][0]["version"] == "6"
+    assert result_for_version(RESULT, "1.0.0") == {**RESULT, "cniVersion": "1.0.0"}
+
+
+def test_check_needs_0_4_0() -> None:
+    """CHECK with a 0.3.1 configuration is code 1 (CHECK came with 0.4.0)."""
+    env = {"CNI_COMMAND": "CHECK", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "e"}
+    with pytest.raises(CNIError) as err:
+        skel.parse_request(env, b'{"cniVersion": "0.3.1", "name": "n"}', _plugin())
+    assert err.value.code == Code.INCOMPATIBLE_VERSION

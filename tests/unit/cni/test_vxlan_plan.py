@@ -67,3 +67,14 @@ def test_vtep_mac_is_stable_and_locally_administered() -> None:
     assert mac == vxlan.vtep_mac_for("node-a") != vxlan.vtep_mac_for("node-b")
     first = int(mac.split(":")[0], 16)
     assert first & 0x02 and not first & 0x01
+
+
+def test_peers_from_node_objects() -> None:
+    """Node JSON (name, spec.podCIDR, annotations) becomes peers; unready nodes are skipped."""
+    ann = vxlan.node_annotations("0e:00:00:00:00:02", A("10.0.0.2"), 1)
+    nodes = [
+        {"metadata": {"name": "n2", "annotations": ann}, "spec": {"podCIDR": "10.244.2.0/24"}},
+        {"metadata": {"name": "n3"}, "spec": {"podCIDR": "10.244.3.0/24"}},
+        {"metadata": {"name": "n4", "annotations": ann}, "spec": {}},
+    ]
+    assert vxlan.peers_from_nodes(nodes, vni=1) == [peer(2)]
