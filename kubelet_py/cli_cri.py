@@ -38,6 +38,12 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         metavar="NAME|PATH",
         help="the OCI executor under conmon: runc (default), kubelet-py-oci (ours) or crun",
     )
+    serve.add_argument(
+        "--stream-address",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the exec/attach/port-forward streaming server listens (loopback, any port)",
+    )
     serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
     serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
     serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
@@ -53,7 +59,12 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()
-    server = CRIServer(socket_path=args.socket, images=images, runtime=runtime)
+    server = CRIServer(
+        socket_path=args.socket,
+        images=images,
+        runtime=runtime,
+        stream_address=args.stream_address,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -686,6 +686,23 @@ class RuntimeService:
         ready.sort(key=lambda r: r.created_at_ns)
         return ready[-1].netns if ready else None
 
+    def sandbox_netns_of(self, sandbox_id: str) -> str | None:
+        """The network namespace of a ready sandbox (None: the host's)."""
+        record = self.sandbox(sandbox_id)
+        if record.state != SandboxState.READY.value:
+            raise FailedPreconditionError(f"pod sandbox {record.id[:12]} is not ready")
+        return record.netns
+
+    def attach_paths(self, container_id: str) -> tuple[Path, Path]:
+        """conmon's attach socket directory and control FIFO of a running container."""
+        record = self.container(container_id)
+        if record.state != ContainerState.RUNNING.value:
+            raise FailedPreconditionError(
+                f"container {record.id[:12]} ({record.name}) is not running"
+            )
+        ctl = self.records.container_dir(record.id) / "bundle" / "ctl"
+        return self.executor.sockets_dir / record.id, ctl
+
     def reopen_log(self, container_id: str) -> None:
         record = self.container(container_id)
         if record.state != ContainerState.RUNNING.value:

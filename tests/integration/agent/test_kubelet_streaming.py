@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from cri.streaming import spdy
 from kubelet_py.devcluster import LocalCluster
 from kubelet_py.devcluster.netlab import run_in_netns
-from kubelet_py.server import spdy
 from tests.integration.agent.conftest import IMAGE, AgentNode, fresh_namespace, wait_for
 
 SPDY_ENV = {

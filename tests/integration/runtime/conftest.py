@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from kubelet_py.devcluster.build import ensure_go_tool
 from tests.support.images import ImageBuilder
 
 IMAGE = "example.com/test/busybox:busybox"
+CGROUP_PARENT = f"kpy-rt-{uuid.uuid4().hex[:8]}"
+"""Unique per run: other engineers' runs share the machine (and the parent cgroup)."""
 NONROOT_IMAGE = "example.com/test/nonroot:nonroot"
 
 
@@ -131,7 +134,7 @@ def start_server(
     log = log_path.open("ab")
     proc = subprocess.Popen(
         ["python3", "-m", "kubelet_py", "cri", "serve", "--root", str(root), "--socket",
-         str(socket), "--cgroup-parent", "kubelet-py-test", "--oci-runtime", oci_runtime],
+         str(socket), "--cgroup-parent", CGROUP_PARENT, "--oci-runtime", oci_runtime],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()

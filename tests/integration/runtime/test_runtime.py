@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.runtime.conftest import CRI, NONROOT_IMAGE, start_server
+from tests.integration.runtime.conftest import CGROUP_PARENT, CRI, NONROOT_IMAGE, start_server
 
 SLEEPER = ["sh", "-c", "echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]
 
@@ -21,7 +21,7 @@ def _mounts_under(path: Path) -> list[str]:
     ]
 
 
-def _cgroup_dirs(name: str = "kubelet-py-test") -> list[str]:
+def _cgroup_dirs(name: str = CGROUP_PARENT) -> list[str]:
     return [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/**/{name}")]
 
 
