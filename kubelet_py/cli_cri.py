@@ -34,9 +34,9 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     serve.add_argument(
         "--oci-runtime",
-        default="runc",
+        default="kubelet-py-oci",
         metavar="NAME|PATH",
-        help="the OCI executor under conmon: runc (default), kubelet-py-oci (ours) or crun",
+        help="the OCI executor under conmon: kubelet-py-oci (ours, default), runc or crun",
     )
     serve.add_argument(
         "--stream-address",

@@ -8,8 +8,9 @@
 
 No Python process stays per container. conmon reports the container's PID (or
 the runtime's error) on a sync pipe; `start`, `kill`, `delete` and `exec` go to
-the OCI runtime's CLI directly. The runtime binary is runc by default; crun is
-accepted too (it refuses the hybrid cgroup layout of some machines, and says so).
+the OCI runtime's CLI directly. The runtime is our own `kubelet-py-oci` (cri.oci)
+by default; runc and crun are accepted too (crun refuses the hybrid cgroup layout
+of some machines, and says so).
 """
 
 import asyncio
@@ -36,7 +37,9 @@ class ExecResult:
 
 
 class ConmonExecutor:
-    def __init__(self, *, state_dir: Path, runtime: str = "runc", conmon: str = "conmon") -> None:
+    def __init__(
+        self, *, state_dir: Path, runtime: str = "kubelet-py-oci", conmon: str = "conmon"
+    ) -> None:
         self.conmon = shutil.which(conmon) or conmon
         self.state_dir = state_dir
         self.runtime_root = state_dir / "oci"

@@ -41,6 +41,8 @@ class AgentConfig:
     cri_socket: Path = Path("/run/kubelet-py/cri.sock")
     embedded_runtime: bool = True
     cgroup_parent: str = "kubelet-py"
+    oci_runtime: str = "kubelet-py-oci"
+    """The embedded runtime's OCI executor under conmon: ours, or runc / crun."""
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     node_labels: Mapping[str, str] = field(default_factory=dict)
@@ -170,6 +172,7 @@ class Agent:
             self.config.root / "runtime",
             images=images,
             cgroup_parent_name=self.config.cgroup_parent,
+            oci_runtime=self.config.oci_runtime,
             network_ready=lambda: (True, "") if net_ok else (False, "no CNI network configured"),
         )
         images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})

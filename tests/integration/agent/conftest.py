@@ -20,6 +20,8 @@ from kubelet_py.devcluster import LabNode, LocalCluster
 from tests.support.images import ImageBuilder
 
 IMAGE = "example.com/test/busybox:1"
+OCI_RUNTIME = os.environ.get("KUBELET_PY_TEST_OCI_RUNTIME", "kubelet-py-oci")
+"""The agent's executor; runc stays selectable (KUBELET_PY_TEST_OCI_RUNTIME=runc)."""
 
 
 @dataclass
@@ -61,7 +63,7 @@ def start_agent(
         [*lab.nsenter(), "python3", "-m", "kubelet_py", "node", "run",
          "--kubeconfig", str(kubeconfig), "--node-name", lab.name, "--node-ip", str(lab.address),
          "--root-dir", str(root), "--pod-manifest-path", str(static_dir),
-         "--cgroup-parent", f"kpy-{lab.name}", "--node-labels", "example.com/engine=kubelet-py"],
+         "--cgroup-parent", f"kpy-{lab.name}", "--oci-runtime", OCI_RUNTIME, "--node-labels", "example.com/engine=kubelet-py"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()

@@ -51,7 +51,7 @@ class CRI:
     proc: subprocess.Popen[bytes]
     log_path: Path
     work: Path
-    oci_runtime: str = "runc"
+    oci_runtime: str = "kubelet-py-oci"
 
     def crictl(self, *args: str, check: bool = True, timeout_s: float = 60) -> str:
         endpoint = f"unix://{self.socket}"
@@ -129,7 +129,7 @@ class CRI:
 
 
 def start_server(
-    root: Path, socket: Path, log_path: Path, oci_runtime: str = "runc"
+    root: Path, socket: Path, log_path: Path, oci_runtime: str = "kubelet-py-oci"
 ) -> subprocess.Popen[bytes]:
     log = log_path.open("ab")
     proc = subprocess.Popen(
@@ -156,7 +156,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-@pytest.fixture(params=["runc", "kubelet-py-oci"])
+@pytest.fixture(params=["kubelet-py-oci", "runc"])
 def cri(runtime_images: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CRI]:
     """A fresh CRI server on a shared image store, once with runc and once with our own OCI
     executor beneath conmon; every pod removed afterwards."""
