@@ -74,7 +74,7 @@ def _upstream_request(request: web.Request, url: str) -> tuple[str, int, bytes]:
         raise StreamProxyError(f"the runtime's streaming URL {url!r} is not http://host:port/…")
     port = parts.port or 80
     target = parts.path or "/"
-    query = parts.query or request.query_string
+    query = parts.query or request.rel_url.raw_query_string
     if query:
         target += "?" + query
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
