@@ -44,6 +44,12 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         metavar="HOST:PORT",
         help="where the exec/attach/port-forward streaming server listens (loopback, any port)",
     )
+    serve.add_argument(
+        "--network",
+        choices=("none", "loopback"),
+        default="none",
+        help="loopback: pods get loopback only and NetworkReady is reported true (until CNI)",
+    )
     serve.add_argument("--plain-http", action="append", default=[], metavar="HOST")
     serve.add_argument("--ca-file", action="append", default=[], metavar="HOST=PATH")
     serve.add_argument("--mirror", action="append", default=[], metavar="HOST=URL")
@@ -56,6 +62,7 @@ async def _serve(args: argparse.Namespace) -> int:
         images=images,
         cgroup_parent_name=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
+        network_ready=(lambda: (True, "")) if args.network == "loopback" else None,
     )
     images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()

@@ -54,7 +54,12 @@ def wait_for(what: str, fn, timeout_s: float = 60.0, node: AgentNode | None = No
 
 
 def start_agent(
-    cluster: LocalCluster, lab: LabNode, root: Path, static_dir: Path, log_path: Path
+    cluster: LocalCluster,
+    lab: LabNode,
+    root: Path,
+    static_dir: Path,
+    log_path: Path,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     kubeconfig = root / "kubeconfig"
     kubeconfig.write_bytes(cluster.node_kubeconfig(lab.name))
@@ -63,7 +68,7 @@ def start_agent(
         [*lab.nsenter(), "python3", "-m", "kubelet_py", "node", "run",
          "--kubeconfig", str(kubeconfig), "--node-name", lab.name, "--node-ip", str(lab.address),
          "--root-dir", str(root), "--pod-manifest-path", str(static_dir),
-         "--cgroup-parent", f"kpy-{lab.name}", "--oci-runtime", OCI_RUNTIME, "--node-labels", "example.com/engine=kubelet-py"],
+         "--cgroup-parent", f"kpy-{lab.name}", "--oci-runtime", OCI_RUNTIME, "--node-labels", "example.com/engine=kubelet-py", *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
