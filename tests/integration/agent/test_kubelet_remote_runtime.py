@@ -64,7 +64,7 @@ def remote_node(
     node: AgentNode | None = None
     try:
         deadline = time.monotonic() + 30
-        while not socket.exists():
+        while b"serving CRI v1 on" not in (root / "cri.log").read_bytes():  # listening
             if cri.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"cri serve did not start: {(root / 'cri.log').read_text()}")
             time.sleep(0.1)

@@ -131,6 +131,8 @@ class CRI:
 def start_server(
     root: Path, socket: Path, log_path: Path, oci_runtime: str = "kubelet-py-oci"
 ) -> subprocess.Popen[bytes]:
+    ready_line = b"serving CRI v1 on"
+    seen = log_path.read_bytes().count(ready_line) if log_path.exists() else 0
     log = log_path.open("ab")
     proc = subprocess.Popen(
         ["python3", "-m", "kubelet_py", "cri", "serve", "--root", str(root), "--socket",
@@ -139,7 +141,8 @@ def start_server(
     )  # fmt: skip
     log.close()
     deadline = time.monotonic() + 30
-    while not socket.exists():
+    # the socket file exists from bind(), before the server listens: wait for its own word
+    while log_path.read_bytes().count(ready_line) <= seen:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"cri serve did not start: {log_path.read_text()}")
         time.sleep(0.05)
