@@ -337,7 +337,16 @@ class RuntimeService:
         if record.pidns:
             record.pid_init = await self._start_pod_init(record)
             source = f"/proc/{record.pid_init}/ns/pid"
-            await asyncio.to_thread(mounts.mount, source, Path(record.pidns), "", mounts.MS_BIND)
+            try:
+                await asyncio.to_thread(
+                    mounts.mount, source, Path(record.pidns), "", mounts.MS_BIND
+                )
+            except BaseException:
+                # just started by us, but not pinned: the teardown's inode check cannot know it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record.pid_init, signal.SIGKILL)
+                record.pid_init = 0
+                raise
         if record.shm_dir:
             await asyncio.to_thread(
                 mounts.mount,
