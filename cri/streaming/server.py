@@ -159,10 +159,8 @@ class StreamingServer:
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
         self._runner = runner
-        server = site._server
-        if self.port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1])
+        if self.port == 0:
+            self.port = int(runner.addresses[0][1])  # the port the kernel picked
         log.info("streaming server on %s", self.base_url)
 
     async def stop(self) -> None:
