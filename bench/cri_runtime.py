@@ -104,6 +104,10 @@ from _common import (
 RSS_TARGET_KIB = 1024
 
 
+OCI_RUNTIME = os.environ.get("BENCH_OCI_RUNTIME", "kubelet-py-oci")
+"""Our side's executor under conmon (the default, ours); BENCH_OCI_RUNTIME=runc to compare."""
+
+
 @dataclass
 class SideResult:
     label: str
@@ -286,7 +290,8 @@ class OurRuntime:
         with (self.root / "cri.log").open("ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubelet_py", "cri", "serve", "--root", str(self.root),
-                 "--socket", str(socket), "--cgroup-parent", self.scope.path.rsplit("/", 1)[1]],
+                 "--socket", str(socket), "--cgroup-parent", self.scope.path.rsplit("/", 1)[1],
+                 "--oci-runtime", OCI_RUNTIME],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
@@ -300,7 +305,7 @@ class OurRuntime:
             stack=lambda: {"cri serve": [proc.pid], "conmon": our_conmons(self.root)},
             cgroup_parent="pod{uid}",  # relative: beneath the --cgroup-parent it was given
             log_root=self.root / "logs",
-            result=SideResult("ours (kubelet-py cri serve)"),
+            result=SideResult(f"ours (cri serve, {OCI_RUNTIME})"),
         )
 
     def stop(self) -> list[str]:

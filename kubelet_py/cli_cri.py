@@ -36,9 +36,21 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     serve.add_argument(
         "--oci-runtime",
-        default="runc",
+        default="kubelet-py-oci",
         metavar="NAME|PATH",
-        help="the OCI executor under conmon: runc (default), kubelet-py-oci (ours) or crun",
+        help="the OCI executor under conmon: kubelet-py-oci (ours, default), runc or crun",
+    )
+    serve.add_argument(
+        "--stream-address",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the exec/attach/port-forward streaming server listens (loopback, any port)",
+    )
+    serve.add_argument(
+        "--network",
+        choices=("none", "loopback"),
+        default="none",
+        help="loopback: pods get loopback only and NetworkReady is reported true (until CNI)",
     )
     serve.add_argument(
         "--cni-conf-dir",
@@ -71,10 +83,16 @@ async def _serve(args: argparse.Namespace) -> int:
         cgroup_parent_name=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
         network=network,
+        network_ready=(lambda: (True, "")) if args.network == "loopback" else None,
     )
     images.set_in_use(lambda: {Digest(c.image_id) for c in runtime.containers()})
     await runtime.start()
-    server = CRIServer(socket_path=args.socket, images=images, runtime=runtime)
+    server = CRIServer(
+        socket_path=args.socket,
+        images=images,
+        runtime=runtime,
+        stream_address=args.stream_address,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -52,6 +52,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="use the CRI runtime already serving --cri-socket instead of the built-in one",
     )
     run.add_argument("--cgroup-parent", default="kubelet-py")
+    run.add_argument(
+        "--oci-runtime",
+        default="kubelet-py-oci",
+        metavar="NAME|PATH",
+        help="the built-in runtime's OCI executor: kubelet-py-oci (ours, default), runc or crun",
+    )
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
     run.add_argument("--cluster-domain", default="cluster.local")
@@ -214,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cri_socket=args.cri_socket or (root / "cri.sock"),
         embedded_runtime=not args.remote_runtime,
         cgroup_parent=args.cgroup_parent,
+        oci_runtime=args.oci_runtime,
         cluster_dns=dns,
         cluster_domain=file_cfg.get("clusterDomain") or args.cluster_domain,
         node_labels=labels,

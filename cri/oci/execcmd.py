@@ -11,6 +11,11 @@ fork ─────────────────────────
 read report pipe: EOF on exec = started ◀─── or "err step\\0message"
 --detach: write --pid-file, exit 0
 else: forward signals, wait, exit with the child's code (128+N for signal N)
+
+--tty without --console-socket (runc's foreground mode, what `kubectl exec -t` gets): the
+child makes the pseudo-terminal and hands its master back over a socketpair; this process
+puts its own terminal in raw mode, copies both ways, and gives the container's terminal
+the size of its own on start and on every SIGWINCH.
 """
 
 # No pathlib here: it imports re, fnmatch and urllib, ~5 ms of every command's budget.
@@ -123,8 +128,9 @@ def run(req: ExecRequest) -> int:
     if status != state.RUNNING:
         raise StateError(f"cannot exec in a {status} container")
     proc = parse_process(process_doc(req, record.config))
-    if proc.terminal and not req.console_socket:
-        raise UsageError("a terminal needs --console-socket")
+    foreground_tty = proc.terminal and not req.console_socket
+    if foreground_tty and req.detach:
+        raise UsageError("a detached terminal needs --console-socket")
     linux_doc = record.config.get("linux")
     seccomp_filter = None
     if isinstance(linux_doc, dict) and isinstance(linux_doc.get("seccomp"), dict):
@@ -138,6 +144,7 @@ def run(req: ExecRequest) -> int:
     order = [k for k in ("pid", "ipc", "uts", "network", "cgroup", "mount") if k in kinds]
     fds: list[tuple[str, int]] = []
     console = None
+    console_parent = None
     report_r = report_w = -1
     pid = 0
     try:
@@ -155,11 +162,14 @@ def run(req: ExecRequest) -> int:
             import fcntl  # noqa: F401
             import struct  # noqa: F401
 
-            console = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                console.connect(req.console_socket)
-            except OSError as err:
-                raise os_error(f"connect to console socket {req.console_socket}", err) from err
+            if foreground_tty:
+                console_parent, console = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            else:
+                console = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                try:
+                    console.connect(req.console_socket)
+                except OSError as err:
+                    raise os_error(f"connect to console socket {req.console_socket}", err) from err
         report_r, report_w = os.pipe()
         group = cgroups.Cgroup.from_json(record.cgroup)
         for kind, fd in fds:
@@ -174,6 +184,9 @@ def run(req: ExecRequest) -> int:
                    report_w, console, req.preserve_fds, join_v2)  # fmt: skip
         os.close(report_w)
         report_w = -1
+        if console is not None:
+            console.close()  # the child's end
+            console = None
         data = b""
         while True:
             chunk = os.read(report_r, 4096)
@@ -185,6 +198,7 @@ def run(req: ExecRequest) -> int:
             pid = 0
             step, _, message = data.decode(errors="replace").partition("\x00")
             raise SysError(message.rstrip("\n"), step=step.removeprefix("err "))
+        master = _receive_master(console_parent) if console_parent is not None else -1
     except BaseException:
         if pid > 0:
             try:
@@ -201,11 +215,35 @@ def run(req: ExecRequest) -> int:
                 os.close(fd)
         if console is not None:
             console.close()
+        if console_parent is not None:
+            console_parent.close()
+    if req.pid_file:
+        state.write_atomic(req.pid_file, str(pid).encode(), mode=0o644)
     if req.detach:
-        if req.pid_file:
-            state.write_atomic(req.pid_file, str(pid).encode(), mode=0o644)
         return 0
+    if master >= 0:
+        from cri.oci import terminal
+
+        return terminal.relay(pid, master)
     return _wait_forwarding(pid)
+
+
+def _receive_master(sock: object) -> int:
+    """The pseudo-terminal master the child sent over the socketpair (SCM_RIGHTS)."""
+    import _socket
+    import struct
+
+    try:
+        _data, ancdata, _flags, _addr = sock.recvmsg(  # type: ignore[attr-defined]
+            4096, _socket.CMSG_LEN(4)
+        )
+    except OSError as err:
+        raise os_error("receive the exec terminal", err) from err
+    for level, kind, payload in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(payload) >= 4:
+            fd: int = struct.unpack("i", payload[:4])[0]
+            return fd
+    raise SysError("the child sent no terminal", step="receive the exec terminal")
 
 
 def _wait_forwarding(pid: int) -> int:

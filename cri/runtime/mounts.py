@@ -19,6 +19,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_BIND = 0x1000
 MNT_DETACH = 0x2
 EINVAL = 22
 ENOENT = 2

@@ -3,9 +3,9 @@
     RunPodSandbox ─▶ pin net/ipc/uts namespaces (nsfs bind mounts, no pause process),
                      write hosts/resolv.conf/hostname, mount /dev/shm, make the pod cgroup
     CreateContainer ─▶ overlay rootfs from the image's layers ─▶ OCI spec (pure, translate.py)
-                     ─▶ conmon + runc create (executor.py)
-    StartContainer ─▶ runc start          StopContainer ─▶ stop signal, grace, SIGKILL
-    RemoveContainer / RemovePodSandbox ─▶ undo everything: runc delete, unmounts, cgroups, dirs
+                     ─▶ conmon + kubelet-py-oci (or runc) create (executor.py)
+    StartContainer ─▶ <executor> start    StopContainer ─▶ stop signal, grace, SIGKILL
+    RemoveContainer / RemovePodSandbox ─▶ undo everything: executor delete, unmounts, cgroups
 
 State lives in records on disk (state.py); conmon writes exit files. A watcher
 turns exit files into EXITED records, and a restarted runtime re-reads both, so
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from cri.images import ImageService, NoCommandError, resolve_command
-from cri.runtime import mounts, seccomp
+from cri.runtime import mounts, podinit, seccomp
 from cri.runtime.cgroups import CgroupStats, CgroupV1, CgroupV2, new_driver
 from cri.runtime.errors import (
     AlreadyExistsError,
+    ExecutorError,
     FailedPreconditionError,
     InvalidArgumentError,
     NetworkError,
@@ -97,7 +98,7 @@ class RuntimeService:
         *,
         images: ImageService,
         cgroup_parent_name: str = "kubelet-py",
-        oci_runtime: str = "runc",
+        oci_runtime: str = "kubelet-py-oci",
         network_ready: Callable[[], tuple[bool, str]] | None = None,
         network: PodNetwork | None = None,
     ) -> None:
@@ -105,6 +106,7 @@ class RuntimeService:
         self.images = images
         self.records = RecordStore(root)
         self.executor = ConmonExecutor(state_dir=root, runtime=oci_runtime)
+        self.pod_init = podinit.write_program(root / "pod-init")
         self.cgroups: CgroupV1 | CgroupV2 = new_driver(
             parent_name=cgroup_parent_name, state_file=root / "cgroups-created.json"
         )
@@ -276,6 +278,7 @@ class RuntimeService:
             host_net = opts.network == NamespaceMode.NODE
             host_ipc = opts.ipc == NamespaceMode.NODE
             host_pid = opts.pid == NamespaceMode.NODE
+            shared_pid = opts.pid == NamespaceMode.POD
             if config.cgroup_parent and ".." in config.cgroup_parent.split("/"):
                 raise InvalidArgumentError(
                     f"{what}: cgroup parent {config.cgroup_parent!r} has '..'"
@@ -307,6 +310,7 @@ class RuntimeService:
                 host_pid=host_pid,
                 host_ipc=host_ipc,
                 sysctls=dict(config.sysctls),
+                pidns=str(directory / "ns" / "pid") if shared_pid else None,
             )
             try:
                 await self._setup_sandbox(record, config)
@@ -339,6 +343,19 @@ class RuntimeService:
             )
             if self.network is not None:
                 await self._attach_network(record, config)
+        if record.pidns:
+            record.pid_init = await self._start_pod_init(record)
+            source = f"/proc/{record.pid_init}/ns/pid"
+            try:
+                await asyncio.to_thread(
+                    mounts.mount, source, Path(record.pidns), "", mounts.MS_BIND
+                )
+            except BaseException:
+                # just started by us, but not pinned: the teardown's inode check cannot know it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record.pid_init, signal.SIGKILL)
+                record.pid_init = 0
+                raise
         if record.shm_dir:
             await asyncio.to_thread(
                 mounts.mount,
@@ -349,6 +366,38 @@ class RuntimeService:
                 f"mode=1777,size={SHM_SIZE}",
             )
         await asyncio.to_thread(self.cgroups.ensure, record.cgroup_path)
+
+    async def _start_pod_init(self, record: SandboxRecord) -> int:
+        """Start the pod's PID-namespace init (podinit.py); its host PID."""
+        proc = await asyncio.create_subprocess_exec(
+            str(self.pod_init),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0 or len(out) != 4:
+            raise ExecutorError(
+                f"sandbox {record.id[:12]}: the pod init did not start "
+                f"(exit {proc.returncode}, {len(out)} bytes)"
+            )
+        pid: int = int.from_bytes(out, "little")
+        return pid
+
+    def _stop_pod_init(self, record: SandboxRecord) -> None:
+        """SIGKILL the pod init (and so whatever is left in its namespace), if it is ours."""
+        if not record.pid_init or not record.pidns:
+            return
+        try:
+            pinned = Path(record.pidns).stat().st_ino
+            mine = pinned == Path(f"/proc/{record.pid_init}/ns/pid").stat().st_ino
+        except OSError:
+            mine = False  # gone already, or the bind mount is (PIDs are reused: never guess)
+        if mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid_init, signal.SIGKILL)
+        record.pid_init = 0
 
     def _write_sandbox_files(self, record: SandboxRecord, config: SandboxConfig) -> None:
         directory = self.records.sandbox_dir(record.id)
@@ -366,9 +415,9 @@ class RuntimeService:
             else _hosts(record.hostname, config.host_aliases)
         )
         (directory / "hosts").write_text(hosts)
-        if record.netns or record.ipcns or record.utsns:
+        if record.netns or record.ipcns or record.utsns or record.pidns:
             (directory / "ns").mkdir()
-            for path in (record.netns, record.ipcns, record.utsns):
+            for path in (record.netns, record.ipcns, record.utsns, record.pidns):
                 if path:
                     Path(path).touch()
         if record.shm_dir:
@@ -417,11 +466,12 @@ class RuntimeService:
 
     async def _teardown_sandbox(self, record: SandboxRecord) -> None:
         directory = self.records.sandbox_dir(record.id)
+        await asyncio.to_thread(self._stop_pod_init, record)
         try:
             await self._detach_network(record)
         except NetworkError as err:
             log.warning("%s (removing the sandbox anyway)", err)
-        for path in (record.shm_dir, record.netns, record.ipcns, record.utsns):
+        for path in (record.shm_dir, record.netns, record.ipcns, record.utsns, record.pidns):
             if path:
                 await asyncio.to_thread(mounts.umount, Path(path))
         with contextlib.suppress(RuntimeServiceError, OSError):
@@ -440,6 +490,7 @@ class RuntimeService:
             await self._detach_network(record)
             if record.shm_dir:
                 await asyncio.to_thread(mounts.umount, Path(record.shm_dir))
+            await asyncio.to_thread(self._stop_pod_init, record)
             record.state = SandboxState.NOTREADY.value
             self.records.put_sandbox(record)
 
@@ -525,7 +576,7 @@ class RuntimeService:
                     group=group,
                     what=what,
                 )
-                pidns = None
+                pidns = sandbox.pidns if sandbox.pid_init else None
                 spec = container_spec(
                     config,
                     sandbox=SandboxPaths(
@@ -740,6 +791,23 @@ class RuntimeService:
         ]
         ready.sort(key=lambda r: r.created_at_ns)
         return ready[-1].netns if ready else None
+
+    def sandbox_netns_of(self, sandbox_id: str) -> str | None:
+        """The network namespace of a ready sandbox (None: the host's)."""
+        record = self.sandbox(sandbox_id)
+        if record.state != SandboxState.READY.value:
+            raise FailedPreconditionError(f"pod sandbox {record.id[:12]} is not ready")
+        return record.netns
+
+    def attach_paths(self, container_id: str) -> tuple[Path, Path]:
+        """conmon's attach socket directory and control FIFO of a running container."""
+        record = self.container(container_id)
+        if record.state != ContainerState.RUNNING.value:
+            raise FailedPreconditionError(
+                f"container {record.id[:12]} ({record.name}) is not running"
+            )
+        ctl = self.records.container_dir(record.id) / "bundle" / "ctl"
+        return self.executor.sockets_dir / record.id, ctl
 
     def reopen_log(self, container_id: str) -> None:
         record = self.container(container_id)

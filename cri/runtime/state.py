@@ -43,6 +43,10 @@ class SandboxRecord:
     pod_ip: str = ""
     pod_ips: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
+    pidns: str | None = None
+    """The pod-shared PID namespace (nsfs bind mount), when containers share one."""
+    pid_init: int = 0
+    """Host PID of the pod init that keeps `pidns` alive (podinit.py)."""
     version: int = STATE_VERSION
 
     @property

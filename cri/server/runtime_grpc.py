@@ -2,8 +2,10 @@
 
 Requests become typed model objects here (the edge), replies are built from
 records. Calls we do not implement yet answer UNIMPLEMENTED with a sentence,
-never a crash. Streaming calls (Exec, Attach, PortForward) need the streaming
-server and answer UNIMPLEMENTED until it lands.
+never a crash. The streaming calls (Exec, Attach, PortForward) check the request
+and the container or sandbox, then answer with a single-use URL of the streaming
+server (cri.streaming.server), as containerd does; without one they answer
+UNIMPLEMENTED.
 """
 
 import json
@@ -24,6 +26,15 @@ from cri.runtime.errors import (
 )
 from cri.runtime.service import RUNTIME_NAME, RUNTIME_VERSION, RuntimeService
 from cri.runtime.state import ContainerRecord, SandboxRecord
+from cri.streaming import (
+    AttachRequest,
+    ExecRequest,
+    OptionsError,
+    PortForwardRequest,
+    StreamingError,
+    StreamingServer,
+    exec_options,
+)
 
 
 def _code(err: RuntimeServiceError) -> grpc.StatusCode:
@@ -179,8 +190,9 @@ def _container_state(r: ContainerRecord) -> Any:
 
 
 class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, runtime: RuntimeService) -> None:
+    def __init__(self, runtime: RuntimeService, streaming: StreamingServer | None = None) -> None:
         self.rt = runtime
+        self.streaming = streaming
 
     async def _guard(self, context: Any, coro: Any) -> Any:
         try:
@@ -447,13 +459,78 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
         ]
         return api_pb2.ListPodSandboxStatsResponse(stats=out)
 
+    async def _streaming_server(self, context: Any) -> StreamingServer:
+        if self.streaming is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no streaming server is running")
+        assert self.streaming is not None
+        return self.streaming
+
+    async def _stream_options(
+        self, request: Any, context: Any, *, command: list[str], attach: bool
+    ) -> Any:
+        try:
+            return exec_options(
+                command=command,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+                tty=request.tty,
+                attach=attach,
+            )
+        except OptionsError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+    async def _running(self, context: Any, container_id: str) -> ContainerRecord:
+        try:
+            record = self.rt.container(container_id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        if record.state != model.ContainerState.RUNNING.value:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"container {record.id[:12]} ({record.name}) is not running",
+            )
+        return record
+
+    async def _url(self, context: Any, issue: Any, req: Any) -> str:
+        try:
+            return str(issue(req))
+        except StreamingError as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        raise AssertionError("unreachable")
+
     async def Exec(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "streaming exec is not implemented yet (use ExecSync)"
-        )
+        server = await self._streaming_server(context)
+        if request.tty and request.stderr:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "tty and stderr cannot both be true"
+            )
+        opts = await self._stream_options(request, context, command=list(request.cmd), attach=False)
+        record = await self._running(context, request.container_id)
+        url = await self._url(context, server.get_exec, ExecRequest(record.id, opts))
+        return api_pb2.ExecResponse(url=url)
 
     async def Attach(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "attach is not implemented yet")
+        server = await self._streaming_server(context)
+        if request.tty and request.stderr:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "tty and stderr cannot both be true"
+            )
+        opts = await self._stream_options(request, context, command=[], attach=True)
+        record = await self._running(context, request.container_id)
+        url = await self._url(context, server.get_attach, AttachRequest(record.id, opts))
+        return api_pb2.AttachResponse(url=url)
 
     async def PortForward(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "port-forward is not implemented yet")
+        server = await self._streaming_server(context)
+        try:
+            sandbox = self.rt.sandbox(request.pod_sandbox_id)
+            self.rt.sandbox_netns_of(sandbox.id)
+        except RuntimeServiceError as err:
+            await context.abort(_code(err), str(err))
+        for port in request.port:
+            if not 0 < port < 65536:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid port {port}")
+        req = PortForwardRequest(sandbox.id, tuple(request.port))
+        url = await self._url(context, server.get_port_forward, req)
+        return api_pb2.PortForwardResponse(url=url)

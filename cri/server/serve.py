@@ -2,7 +2,9 @@
 
 Serves `runtime.v1.ImageService` (and `runtime.v1.RuntimeService` once a
 runtime is attached). A service that is not attached is simply not registered,
-so its calls answer UNIMPLEMENTED rather than crash.
+so its calls answer UNIMPLEMENTED rather than crash. With a runtime, the
+streaming server (exec/attach/port-forward URLs) listens on `stream_address`,
+loopback by default.
 """
 
 import asyncio
@@ -15,15 +17,25 @@ from cri.images import ImageService
 from cri.runtime.service import RuntimeService
 from cri.server.images_grpc import ImageServiceServicer
 from cri.server.runtime_grpc import RuntimeServiceServicer
+from cri.streaming import StreamingServer
+from cri.streaming.server import DEFAULT_ADDRESS
 
 
 class CRIServer:
     def __init__(
-        self, *, socket_path: Path, images: ImageService, runtime: RuntimeService | None = None
+        self,
+        *,
+        socket_path: Path,
+        images: ImageService,
+        runtime: RuntimeService | None = None,
+        stream_address: str = DEFAULT_ADDRESS,
     ) -> None:
         self.socket_path = socket_path
         self.images = images
         self.runtime = runtime
+        self.streaming = (
+            StreamingServer(runtime, address=stream_address) if runtime is not None else None
+        )
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -33,7 +45,9 @@ class CRIServer:
         servicer = ImageServiceServicer(self.images)
         api_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         if self.runtime is not None:
-            rt = RuntimeServiceServicer(self.runtime)
+            if self.streaming is not None:
+                await self.streaming.start()
+            rt = RuntimeServiceServicer(self.runtime, self.streaming)
             api_pb2_grpc.add_RuntimeServiceServicer_to_server(rt, server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket_path}")
         await server.start()
@@ -44,6 +58,8 @@ class CRIServer:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if self.streaming is not None:
+            await self.streaming.stop()
         self.socket_path.unlink(missing_ok=True)
 
     async def run(self) -> None:

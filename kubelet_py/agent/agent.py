@@ -46,6 +46,8 @@ class AgentConfig:
     cri_socket: Path = Path("/run/kubelet-py/cri.sock")
     embedded_runtime: bool = True
     cgroup_parent: str = "kubelet-py"
+    oci_runtime: str = "kubelet-py-oci"
+    """The embedded runtime's OCI executor under conmon: ours, or runc / crun."""
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     node_labels: Mapping[str, str] = field(default_factory=dict)
@@ -182,6 +184,7 @@ class Agent:
             self.config.root / "runtime",
             images=images,
             cgroup_parent_name=self.config.cgroup_parent,
+            oci_runtime=self.config.oci_runtime,
             network_ready=lambda: (True, ""),  # loopback-only pods need nothing more
             network=pod_network,
         )

@@ -23,6 +23,15 @@ def pod_labels(pod: Pod) -> dict[str, str]:
     return {**pod.labels, POD_NAME: pod.name, POD_NAMESPACE: pod.namespace, POD_UID: pod.uid}
 
 
+def _pid_mode(pod: Pod) -> Any:
+    """hostPID: the node's; shareProcessNamespace: one for the pod; else one per container."""
+    if pod.host_pid:
+        return api_pb2.NamespaceMode.NODE
+    if pod.share_process_namespace:
+        return api_pb2.NamespaceMode.POD
+    return api_pb2.NamespaceMode.CONTAINER
+
+
 def cgroup_parent(pod: Pod) -> str:
     qos = qos_class(pod).lower()
     mid = "" if qos == "guaranteed" else f"/{qos}"
@@ -40,7 +49,7 @@ def sandbox_config(
 ) -> Any:
     ns = api_pb2.NamespaceOption(
         network=api_pb2.NamespaceMode.NODE if pod.host_network else api_pb2.NamespaceMode.POD,
-        pid=api_pb2.NamespaceMode.NODE if pod.host_pid else api_pb2.NamespaceMode.CONTAINER,
+        pid=_pid_mode(pod),
         ipc=api_pb2.NamespaceMode.NODE if pod.host_ipc else api_pb2.NamespaceMode.POD,
     )
     servers, searches, options = dns_settings(pod, cluster_dns, cluster_domain, host_resolv)
@@ -134,7 +143,7 @@ def container_config(
         capabilities=api_pb2.Capability(add_capabilities=c.caps_add, drop_capabilities=c.caps_drop),
         namespace_options=api_pb2.NamespaceOption(
             network=api_pb2.NamespaceMode.NODE if pod.host_network else api_pb2.NamespaceMode.POD,
-            pid=api_pb2.NamespaceMode.NODE if pod.host_pid else api_pb2.NamespaceMode.CONTAINER,
+            pid=_pid_mode(pod),
             ipc=api_pb2.NamespaceMode.NODE if pod.host_ipc else api_pb2.NamespaceMode.POD,
         ),
         supplemental_groups=list(pod.supplemental_groups)

@@ -103,6 +103,7 @@ class Pod:
     restart_policy: str = "Always"
     host_network: bool = False
     host_pid: bool = False
+    share_process_namespace: bool = False
     host_ipc: bool = False
     hostname: str = ""
     subdomain: str = ""
@@ -279,6 +280,7 @@ def pod_from_api(obj: Mapping[str, Any], *, static: bool = False) -> Pod:
         restart_policy=spec.get("restartPolicy", "Always"),
         host_network=bool(spec.get("hostNetwork")),
         host_pid=bool(spec.get("hostPID")),
+        share_process_namespace=bool(spec.get("shareProcessNamespace")),
         host_ipc=bool(spec.get("hostIPC")),
         hostname=spec.get("hostname", ""),
         subdomain=spec.get("subdomain", ""),

@@ -5,9 +5,9 @@
         /pods                                   the pods this node runs (PodList)
         /healthz                                ping, log, syncloop
         /configz                                {"kubeletconfig": <the agent's config>}
-        /exec/{ns}/{pod}/{container}            kubectl exec, SPDY/3.1 upgrade (streaming.py)
-        /attach/{ns}/{pod}/{container}          kubectl attach (conmon's attach socket)
-        /portForward/{ns}/{pod}                 kubectl port-forward (into the pod's netns)
+        /exec/{ns}/{pod}/{container}            kubectl exec  ┐ CRI Exec/Attach/PortForward give
+        /attach/{ns}/{pod}/{container}          kubectl attach ├ a URL of the runtime's streaming
+        /portForward/{ns}/{pod}                 port-forward  ┘ server; proxied (streamproxy.py)
 
 Every request on the HTTPS port is authenticated and authorized first (auth.py):
 without credentials 401, without permission 403, and neither reaches a handler.
@@ -23,7 +23,6 @@ SubjectAccessReviews: the HTTPS API is then served only with --client-ca-file (o
 
 import asyncio
 import dataclasses
-import json
 import logging
 import ssl
 import time
@@ -36,11 +35,11 @@ import grpc
 from aiohttp import web
 from cri_api.v1 import api_pb2
 
+from cri.streaming import ExecOptions, OptionsError, parse_exec_options
 from kubelet_py.agent.apiclient import ApiClient
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import CONTAINER_NAME, POD_UID
 from kubelet_py.agent.model import Pod
-from kubelet_py.server import streaming
 from kubelet_py.server.auth import (
     AuthenticationError,
     Authenticator,
@@ -58,6 +57,7 @@ from kubelet_py.server.logs import (
     parse_log_options,
     stream_log,
 )
+from kubelet_py.server.streamproxy import proxy_stream
 
 log = logging.getLogger("kubelet_py.server")
 
@@ -438,11 +438,7 @@ class KubeletServer:
             return True  # the runtime is unsure, not the container gone: keep following
         return status.state in _ALIVE_STATES
 
-    # ---- exec, attach, port-forward (streaming.py) --------------------------------------------
-
-    def _runtime_root(self) -> Path:
-        """Where the embedded runtime keeps its records (the agent's <root>/runtime)."""
-        return self.host.root / "runtime"
+    # ---- exec, attach, port-forward (the runtime's streaming server, streamproxy.py) ------------
 
     def _streaming_pod(self, request: web.Request) -> Pod:
         namespace = request.match_info["namespace"]
@@ -471,61 +467,75 @@ class KubeletServer:
         running.sort(key=lambda c: c.metadata.attempt)
         return str(running[-1].id)
 
-    async def _start_exec(
-        self, container_id: str, opts: streaming.ExecOptions
-    ) -> streaming.ExecProcess:
-        from cri.runtime.executor import ConmonExecutor
-
-        root = self._runtime_root()
-        record = json.loads(
-            await asyncio.to_thread(
-                (root / "containers" / container_id / "container.json").read_text
-            )
-        )
-        executor = ConmonExecutor(state_dir=root)
-        proc: streaming.ExecProcess = await executor.exec_stream(
-            container_id,
-            opts.command,
-            tty=opts.tty,
-            stdin=opts.stdin,
-            user=record.get("user") or None,
-            env=list(record.get("env") or []),
-            cwd=record.get("cwd") or None,
-        )
-        return proc
-
-    def _sandbox_netns(self, uid: str) -> str | None:
-        ready = []
-        for path in (self._runtime_root() / "sandboxes").glob("*/sandbox.json"):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if rec.get("uid") == uid and rec.get("state") == "SANDBOX_READY":
-                ready.append(rec)
+    async def _ready_sandbox(self, pod: Pod) -> str:
+        try:
+            listed = await self.host.cri.list_pod_sandbox({POD_UID: pod.uid})
+        except CRIError as err:
+            raise web.HTTPInternalServerError(text=f"asking the runtime failed: {err}") from err
+        ready = [s for s in listed if s.state == api_pb2.PodSandboxState.SANDBOX_READY]
         if not ready:
             raise web.HTTPNotFound(text="no running sandbox for the pod")
-        ready.sort(key=lambda r: int(r.get("created_at_ns") or 0))
-        netns = ready[-1].get("netns")
-        return str(netns) if netns else None
+        ready.sort(key=lambda s: s.created_at)
+        return str(ready[-1].id)
+
+    def _options(self, request: web.Request, *, attach: bool) -> ExecOptions:
+        try:
+            return parse_exec_options(request.query, attach=attach)
+        except OptionsError as err:
+            raise web.HTTPBadRequest(text=str(err)) from err
+
+    @staticmethod
+    def _runtime_failed(what: str, err: CRIError) -> web.HTTPException:
+        if err.code == grpc.StatusCode.NOT_FOUND:
+            return web.HTTPNotFound(text=f"{what}: {err}")
+        if err.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+            return web.HTTPBadRequest(text=f"{what}: {err}")
+        return web.HTTPInternalServerError(text=f"{what}: {err}")
 
     async def exec(self, request: web.Request) -> web.StreamResponse:
-        opts = streaming.parse_exec_options(request.query)
+        opts = self._options(request, attach=False)
         pod = self._streaming_pod(request)
         cid = await self._running_container(pod, request.match_info["container"])
-        return await streaming.serve_exec(
-            request, opts, lambda o: self._start_exec(cid, o), closing=self._closing
+        req = api_pb2.ExecRequest(
+            container_id=cid,
+            cmd=opts.command,
+            tty=opts.tty,
+            stdin=opts.stdin,
+            stdout=opts.stdout,
+            stderr=opts.stderr,
         )
+        try:
+            url = await self.host.cri.exec(req)
+        except CRIError as err:
+            raise self._runtime_failed("exec", err) from err
+        return await proxy_stream(request, url)
 
     async def attach(self, request: web.Request) -> web.StreamResponse:
-        opts = streaming.parse_exec_options(request.query, attach=True)
+        opts = self._options(request, attach=True)
         pod = self._streaming_pod(request)
         cid = await self._running_container(pod, request.match_info["container"])
-        root = self._runtime_root()
-        return await streaming.serve_attach(request, opts, root, cid, closing=self._closing)
+        req = api_pb2.AttachRequest(
+            container_id=cid,
+            tty=opts.tty,
+            stdin=opts.stdin,
+            stdout=opts.stdout,
+            stderr=opts.stderr,
+        )
+        try:
+            url = await self.host.cri.attach(req)
+        except CRIError as err:
+            raise self._runtime_failed("attach", err) from err
+        return await proxy_stream(request, url)
 
     async def port_forward(self, request: web.Request) -> web.StreamResponse:
         pod = self._streaming_pod(request)
-        netns = await asyncio.to_thread(self._sandbox_netns, pod.uid)
-        what = f"{pod.name}_{pod.namespace}, uid {pod.uid}"
-        return await streaming.serve_port_forward(request, netns, what, closing=self._closing)
+        sandbox_id = await self._ready_sandbox(pod)
+        try:
+            ports = [int(p) for p in request.query.getall("port", [])]
+        except ValueError as err:
+            raise web.HTTPBadRequest(text=f"invalid port: {err}") from err
+        try:
+            url = await self.host.cri.port_forward(sandbox_id, ports)
+        except CRIError as err:
+            raise self._runtime_failed("port-forward", err) from err
+        return await proxy_stream(request, url)

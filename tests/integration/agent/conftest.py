@@ -20,6 +20,8 @@ from kubelet_py.devcluster import LabNode, LocalCluster
 from tests.support.images import ImageBuilder
 
 IMAGE = "example.com/test/busybox:1"
+OCI_RUNTIME = os.environ.get("KUBELET_PY_TEST_OCI_RUNTIME", "kubelet-py-oci")
+"""The agent's executor; runc stays selectable (KUBELET_PY_TEST_OCI_RUNTIME=runc)."""
 
 
 @dataclass
@@ -57,7 +59,7 @@ def start_agent(
     root: Path,
     static_dir: Path,
     log_path: Path,
-    extra_args: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     kubeconfig = root / "kubeconfig"
     kubeconfig.write_bytes(cluster.node_kubeconfig(lab.name))
@@ -66,8 +68,8 @@ def start_agent(
         [*lab.nsenter(), "python3", "-m", "kubelet_py", "node", "run",
          "--kubeconfig", str(kubeconfig), "--node-name", lab.name, "--node-ip", str(lab.address),
          "--root-dir", str(root), "--pod-manifest-path", str(static_dir),
-         "--cgroup-parent", f"kpy-{lab.name}", "--node-labels", "example.com/engine=kubelet-py",
-         *extra_args],
+         "--cgroup-parent", f"kpy-{lab.name}", "--oci-runtime", OCI_RUNTIME,
+         "--node-labels", "example.com/engine=kubelet-py", *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()

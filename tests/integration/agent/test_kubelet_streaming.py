@@ -1,4 +1,5 @@
-"""kubectl exec / attach / port-forward through the real kube-apiserver to our kubelet (SPDY/3.1).
+"""kubectl exec / attach / port-forward through the real kube-apiserver to our kubelet (SPDY/3.1),
+and WebSocket clients straight to the kubelet's port.
 
 kubectl talks WebSockets to the apiserver by default (the apiserver translates to SPDY toward the
 kubelet); with KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false / KUBECTL_PORT_FORWARD_WEBSOCKETS=false it
@@ -20,6 +21,7 @@ import struct
 import subprocess
 import termios
 import time
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -28,10 +30,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from cri.streaming import spdy
 from kubelet_py.devcluster import LocalCluster
 from kubelet_py.devcluster.netlab import run_in_netns
-from kubelet_py.server import spdy
 from tests.integration.agent.conftest import IMAGE, AgentNode, fresh_namespace, wait_for
+from tests.support.wsclient import Outcome, WsClient, remotecommand
 
 SPDY_ENV = {
     "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
@@ -297,6 +300,63 @@ def test_exec_needs_nodes_proxy_create(
     status, body = run_in_netns(agent_node.lab.netns_path, call)
     assert status == 403, body
     assert "verb=create" in body and "proxy" in body
+
+
+def _kubelet_websocket(
+    cluster: LocalCluster,
+    node: AgentNode,
+    tmp_path: Path,
+    path: str,
+    protocols: list[str],
+    **session: object,
+) -> Outcome:
+    """One WebSocket session straight to the kubelet's :10250 as a system:masters client."""
+    cert, key = cluster.pki.ca.issue(
+        "ws-admin", organizations=["system:masters"], client=True
+    ).write(tmp_path, "ws-admin")
+    ctx = ssl.create_default_context(cafile=str(node.root / "pki" / "kubelet.crt"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(cert), str(key))
+
+    def call() -> Outcome:
+        ws = WsClient.connect(str(node.lab.address), 10250, path, protocols, tls=ctx)
+        try:
+            assert ws.protocol == protocols[0]
+            return remotecommand(ws, **session)  # type: ignore[arg-type]
+        finally:
+            ws.close()
+
+    return run_in_netns(node.lab.netns_path, call)
+
+
+def test_exec_websocket_v5_straight_to_the_kubelet(
+    cluster: LocalCluster, agent_node: AgentNode, ns: str, sleeper: str, tmp_path: Path
+) -> None:
+    """A v5.channel.k8s.io client on :10250: stdin and its CLOSE, stdout/stderr, the exit code."""
+    cmd = "&".join(
+        f"command={urllib.parse.quote(c)}" for c in ["sh", "-c", "cat; echo e >&2; exit 6"]
+    )
+    out = _kubelet_websocket(
+        cluster, agent_node, tmp_path,
+        f"/exec/{ns}/{sleeper}/main?{cmd}&input=1&output=1&error=1", ["v5.channel.k8s.io"],
+        stdin=b"via websocket\n",
+    )  # fmt: skip
+    assert out.stdout == b"via websocket\n" and out.stderr == b"e\n", out
+    assert out.exit_code == 6
+
+
+def test_exec_websocket_tty_resize_straight_to_the_kubelet(
+    cluster: LocalCluster, agent_node: AgentNode, ns: str, sleeper: str, tmp_path: Path
+) -> None:
+    """v4.channel.k8s.io with a TTY on :10250: the resize channel sets the terminal's size."""
+    cmd = "&".join(f"command={urllib.parse.quote(c)}" for c in ["sh", "-c", "sleep 0.5; stty size"])
+    out = _kubelet_websocket(
+        cluster, agent_node, tmp_path,
+        f"/exec/{ns}/{sleeper}/main?{cmd}&output=1&tty=1", ["v4.channel.k8s.io"],
+        resize=(101, 27),
+    )  # fmt: skip
+    assert b"27 101" in out.stdout, out
+    assert out.status == {"metadata": {}, "status": "Success"}
 
 
 # ---- port-forward ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from kubelet_py.devcluster.build import ensure_go_tool
 from tests.support.images import ImageBuilder
 
 IMAGE = "example.com/test/busybox:busybox"
+CGROUP_PARENT = f"kpy-rt-{uuid.uuid4().hex[:8]}"
+"""Unique per run: other engineers' runs share the machine (and the parent cgroup)."""
 NONROOT_IMAGE = "example.com/test/nonroot:nonroot"
 
 
@@ -48,7 +51,7 @@ class CRI:
     proc: subprocess.Popen[bytes]
     log_path: Path
     work: Path
-    oci_runtime: str = "runc"
+    oci_runtime: str = "kubelet-py-oci"
 
     def crictl(self, *args: str, check: bool = True, timeout_s: float = 60) -> str:
         endpoint = f"unix://{self.socket}"
@@ -126,17 +129,20 @@ class CRI:
 
 
 def start_server(
-    root: Path, socket: Path, log_path: Path, oci_runtime: str = "runc"
+    root: Path, socket: Path, log_path: Path, oci_runtime: str = "kubelet-py-oci"
 ) -> subprocess.Popen[bytes]:
+    ready_line = b"serving CRI v1 on"
+    seen = log_path.read_bytes().count(ready_line) if log_path.exists() else 0
     log = log_path.open("ab")
     proc = subprocess.Popen(
         ["python3", "-m", "kubelet_py", "cri", "serve", "--root", str(root), "--socket",
-         str(socket), "--cgroup-parent", "kubelet-py-test", "--oci-runtime", oci_runtime],
+         str(socket), "--cgroup-parent", CGROUP_PARENT, "--oci-runtime", oci_runtime],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
     deadline = time.monotonic() + 30
-    while not socket.exists():
+    # the socket file exists from bind(), before the server listens: wait for its own word
+    while log_path.read_bytes().count(ready_line) <= seen:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"cri serve did not start: {log_path.read_text()}")
         time.sleep(0.05)
@@ -153,7 +159,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-@pytest.fixture(params=["runc", "kubelet-py-oci"])
+@pytest.fixture(params=["kubelet-py-oci", "runc"])
 def cri(runtime_images: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CRI]:
     """A fresh CRI server on a shared image store, once with runc and once with our own OCI
     executor beneath conmon; every pod removed afterwards."""

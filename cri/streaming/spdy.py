@@ -18,7 +18,7 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("kubelet_py.server.spdy")
+log = logging.getLogger("cri.streaming.spdy")
 
 VERSION = 3
 
