@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cri_api.v1 import api_pb2
+
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
@@ -26,9 +28,18 @@ from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
+from kubelet_py.metrics import kubelet as metrics
 from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
+from kubelet_py.stats import Sampler, SummaryProvider
 
 log = logging.getLogger("kubelet_py.agent")
+
+# kubecontainer.State names, the container_state label of kubelet_running_containers
+_CONTAINER_STATES = {
+    api_pb2.ContainerState.CONTAINER_CREATED: "created",
+    api_pb2.ContainerState.CONTAINER_RUNNING: "running",
+    api_pb2.ContainerState.CONTAINER_EXITED: "exited",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,14 @@ class Agent:
         self._runtime: Any = None
         self._server: Any = None
         self.ready = asyncio.Event()
+        self.stats = SummaryProvider(
+            node_name=config.node_name,
+            root=config.root,
+            log_root=self.node_ctx.log_root,
+            runtime=self.cri,
+            pods=lambda: [w.pod for w in self.workers.values()],
+        )
+        metrics.node_name.set(1, config.node_name)
         self.kubelet_server = KubeletServer(
             config.kubelet_server,
             KubeletHost(
@@ -112,6 +131,8 @@ class Agent:
                 ),
                 ready=self.ready,
                 configz=lambda: self.config,
+                stats=self.stats,
+                metrics=self.metrics_text,
             ),
         )
 
@@ -238,11 +259,13 @@ class Agent:
         last: dict[str, int] = {}
         while True:
             await asyncio.sleep(self.config.pleg_period_s)
+            started = time.monotonic()
             try:
                 containers = await self.cri.list_containers()
             except CRIError as err:
                 log.warning("PLEG relist failed: %s", err)
                 continue
+            metrics.pleg_relist_duration.observe(time.monotonic() - started)
             now = {c.id: int(c.state) for c in containers}
             changed = {cid for cid in set(now) | set(last) if now.get(cid) != last.get(cid)}
             uids = {c.labels.get(POD_UID) for c in containers if c.id in changed}
@@ -274,6 +297,24 @@ class Agent:
             )
             log.info("ending pod %s/%s: no source has it any more", orphan.namespace, orphan.name)
             self.upsert(orphan)
+
+    async def metrics_text(self) -> str:
+        """/metrics: the running pod and container counts as of now, then every metric."""
+        try:
+            sandboxes, containers = await asyncio.gather(
+                self.cri.list_pod_sandbox(), self.cri.list_containers()
+            )
+        except CRIError as err:
+            log.debug("counting running pods for /metrics failed: %s", err)
+        else:
+            ready = api_pb2.PodSandboxState.SANDBOX_READY
+            metrics.running_pods.set(len({s.metadata.uid for s in sandboxes if s.state == ready}))
+            counts: dict[tuple[str, ...], float] = {}
+            for c in containers:
+                key = (_CONTAINER_STATES.get(c.state, "unknown"),)
+                counts[key] = counts.get(key, 0) + 1
+            metrics.running_containers.replace(counts)
+        return metrics.REGISTRY.text()
 
     # ---- run ---------------------------------------------------------------------------
 
@@ -339,6 +380,7 @@ class Agent:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
                 tg.create_task(self._pleg(), name="pleg")
+                tg.create_task(Sampler(self.stats).run(), name="stats-sampler")
                 self.ready.set()
                 log.info(
                     "node agent %s ready in %.2f s",

@@ -41,6 +41,7 @@ from kubelet_py.agent.plan import (
 )
 from kubelet_py.agent.status import pod_status, rfc3339
 from kubelet_py.agent.volumes import ConfigError, VolumeError, VolumeManager
+from kubelet_py.metrics import kubelet as metrics
 
 log = logging.getLogger("kubelet_py.pods")
 
@@ -163,6 +164,9 @@ class PodWorker:
         self.volume_paths: dict[str, Path] | None = None
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
+        self.first_seen = time.monotonic()
+        self.start_recorded = False
+        self.sync_kind = "create"  # pod_worker_duration_seconds' operation_type
 
     def _move(self, to: PodLifecycle) -> None:
         if to not in LIFECYCLE_MOVES[self.state]:
@@ -175,6 +179,8 @@ class PodWorker:
 
     def update(self, pod: Pod) -> None:
         self.pod = pod
+        if self.sync_kind == "sync":
+            self.sync_kind = "update"
         self.wake.set()
 
     def remove(self) -> None:
@@ -185,6 +191,8 @@ class PodWorker:
         while self.state != PodLifecycle.TERMINATED:
             self.wake.clear()
             delay = 10.0
+            kind, self.sync_kind = self.sync_kind, "sync"
+            started = time.monotonic()
             try:
                 delay = await self.sync_once()
             except asyncio.CancelledError:
@@ -193,6 +201,7 @@ class PodWorker:
                 log.exception("sync of pod %s failed", self.pod.full_name)
                 self.events.emit(self.pod, "Warning", "FailedSync", f"error syncing pod: {err}")
                 delay = 5.0
+            metrics.pod_worker_duration.observe(time.monotonic() - started, kind)
             if self.finished:
                 break
             try:
@@ -323,6 +332,7 @@ class PodWorker:
                     pod, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {err}"
                 )
                 raise
+            metrics.started_pods.inc()
             status = await self.cri.pod_sandbox_status(sid)
             self.pod_ip = status.network.ip
             obs = await observe(self.cri, pod.uid)
@@ -485,6 +495,9 @@ class PodWorker:
             self.events.emit(pod, "Warning", "Failed", f"Error: {err}", field_path=field_path)
             return False
         self.waiting.pop(c.name, None)
+        metrics.started_containers.inc(
+            "init_container" if any(i.name == c.name for i in pod.init_containers) else "container"
+        )
         self.events.emit(
             pod, "Normal", "Started", f"Started container {c.name}", field_path=field_path
         )
@@ -657,6 +670,9 @@ class PodWorker:
             now=rfc3339(time.time_ns()) or "",
             previous_conditions=prev_conditions,
         )
+        if not self.start_recorded and status.get("phase") == "Running":
+            self.start_recorded = True
+            metrics.pod_start_duration.observe(time.monotonic() - self.first_seen)
         if status == self.last_status:
             return
         await self._patch_status(status)

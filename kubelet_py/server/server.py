@@ -8,6 +8,10 @@
         /exec/{ns}/{pod}/{container}            kubectl exec, SPDY/3.1 upgrade (streaming.py)
         /attach/{ns}/{pod}/{container}          kubectl attach (conmon's attach socket)
         /portForward/{ns}/{pod}                 kubectl port-forward (into the pod's netns)
+        /stats/summary                          node, pod and container usage (kubelet_py.stats)
+        /metrics                                the agent's own metrics (Prometheus text)
+        /metrics/resource                       what metrics-server scrapes
+        /metrics/cadvisor                       per-container usage, cAdvisor's names (a subset)
 
 Every request on the HTTPS port is authenticated and authorized first (auth.py):
 without credentials 401, without permission 403, and neither reaches a handler.
@@ -27,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import grpc
 from aiohttp import web
@@ -37,6 +41,8 @@ from kubelet_py.agent.apiclient import ApiClient
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import CONTAINER_NAME, POD_UID
 from kubelet_py.agent.model import Pod
+from kubelet_py.metrics.cadvisor import cadvisor_metrics_text
+from kubelet_py.metrics.resource import resource_metrics_text
 from kubelet_py.server import streaming
 from kubelet_py.server.auth import (
     AuthenticationError,
@@ -65,6 +71,14 @@ _ALIVE_STATES = (
 STARTUP_GRACE_S = 120.0
 
 
+class StatsSource(Protocol):
+    """What /stats/summary and /metrics/* need (kubelet_py.stats.SummaryProvider)."""
+
+    async def summary(
+        self, *, cpu_and_memory_only: bool = False, times: dict[str, int] | None = None
+    ) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class KubeletHost:
     """What the API needs from the node agent (narrow on purpose)."""
@@ -83,6 +97,10 @@ class KubeletHost:
     """Set once the agent has synced its pod sources and runs its loops."""
     configz: Callable[[], Any]
     """The agent's configuration (a dataclass), for /configz."""
+    stats: StatsSource | None = None
+    """Usage figures for /stats/summary and /metrics/resource."""
+    metrics: Callable[[], Awaitable[str]] | None = None
+    """The agent's own metrics in Prometheus text format, for /metrics."""
 
 
 def _text(status: int, body: str) -> web.Response:
@@ -160,6 +178,11 @@ class KubeletServer:
         app.router.add_get("/pods", self.pods)
         app.router.add_get("/pods/", self.pods)
         app.router.add_get("/configz", self.configz)
+        app.router.add_get("/stats/summary", self.stats_summary)
+        app.router.add_post("/stats/summary", self.stats_summary)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics/resource", self.metrics_resource)
+        app.router.add_get("/metrics/cadvisor", self.metrics_cadvisor)
         for verb in ("GET", "POST"):
             for path in ("{pod}/{container}", "{pod}/{uid}/{container}"):
                 app.router.add_route(verb, f"/exec/{{namespace}}/{path}", self.exec)
@@ -513,3 +536,54 @@ class KubeletServer:
         netns = await asyncio.to_thread(self._sandbox_netns, pod.uid)
         what = f"{pod.name}_{pod.namespace}, uid {pod.uid}"
         return await streaming.serve_port_forward(request, netns, what, closing=self._closing)
+
+    # ---- stats and metrics ----------------------------------------------------------------------
+
+    async def stats_summary(self, request: web.Request) -> web.Response:
+        """GET /stats/summary[?only_cpu_and_memory=true]: the stats/v1alpha1 Summary."""
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        only = request.query.get("only_cpu_and_memory", "").lower() == "true"
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=only)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            log.warning("stats summary failed: %s", err)
+            return _text(500, f"Internal Error: failed to get node info: {err}")
+        return web.json_response(summary, dumps=_compact_json)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.host.metrics is None:
+            return _text(404, "404 page not found\n")
+        return _prometheus(await self.host.metrics())
+
+    async def metrics_resource(self, request: web.Request) -> web.Response:
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=True, times=times)
+        except Exception as err:  # noqa: BLE001 - reported as resource_scrape_error 1
+            log.warning("resource metrics: stats summary failed: %s", err)
+            return _prometheus(resource_metrics_text(None))
+        return _prometheus(resource_metrics_text(summary, at_ns=times))
+
+    async def metrics_cadvisor(self, request: web.Request) -> web.Response:
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(times=times)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            return _text(500, f"Internal Error: {err}")
+        return _prometheus(cadvisor_metrics_text(summary, at_ns=times))
+
+
+def _compact_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _prometheus(text: str) -> web.Response:
+    resp = web.Response(body=text.encode())
+    resp.content_type = "text/plain"
+    resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return resp
