@@ -453,4 +453,6 @@ class Sampler:
                 await self.provider.summary(cpu_and_memory_only=True)
             except StatsError as err:
                 log.debug("stats sample failed: %s", err)
+            except Exception:  # a bad reading must not end the agent's task group
+                log.exception("stats sample failed")
             await asyncio.sleep(self.period_s)
