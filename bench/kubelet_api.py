@@ -170,9 +170,10 @@ def bench_logs(
         file_end = 0.0
         t0 = time.perf_counter()
         trigger = node.cri.pb.ExecSyncRequest(
-            container_id=cid, cmd=["touch", f"/tmp/go{i}"], timeout=10
+            container_id=cid, cmd=["sh", "-c", f"touch /tmp/go{i}"], timeout=10
         )
-        node.cri.rt.ExecSync(trigger)
+        if (rc := node.cri.rt.ExecSync(trigger).exit_code) != 0:
+            raise RuntimeError(f"round {i}: the trigger exec exited {rc}")
         tail = b""
         deadline = time.monotonic() + 300
         while not file_end and time.monotonic() < deadline:
@@ -238,7 +239,10 @@ def main() -> int:
                 f"i=0; while true; do while [ ! -e /tmp/go$i ]; do sleep 0.05; done; "
                 f"yes {LINE} | head -n {lines}; echo END$i; i=$((i+1)); done"
             )
-            core.create_namespaced_pod(NAMESPACE, pod("sleeper", "sleep 3600"))
+            # the test image links few busybox applets: give `true` its name
+            core.create_namespaced_pod(
+                NAMESPACE, pod("sleeper", "ln -s busybox /bin/true; exec sleep 3600")
+            )
             core.create_namespaced_pod(NAMESPACE, pod("printer", printer))
             wait_running(core, "sleeper")
             wait_running(core, "printer")

@@ -17,6 +17,7 @@ and omissions follow staging/src/k8s.io/kubelet/pkg/apis/stats/v1alpha1/types.go
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from cri_api.v1 import api_pb2
 
 from cri.runtime.usage import DirUsage, InterfaceUsage, dir_usage, netns_interfaces
+from kubelet_py.agent.cri_client import CRIError
 from kubelet_py.agent.model import Pod
 from kubelet_py.stats.node import FsReading, NodeReader, fs_reading
 from kubelet_py.stats.rates import CpuRates
@@ -195,8 +197,6 @@ class SummaryProvider:
         reader: NodeReader | None = None,
         clock_ns: Callable[[], int] | None = None,
     ) -> None:
-        import time
-
         self.node_name = node_name
         self.root = root
         self.log_root = log_root
@@ -206,6 +206,8 @@ class SummaryProvider:
         self.rates = CpuRates()
         self.clock_ns = clock_ns or time.time_ns
         self._boot_ns: int | None = None
+        self.last_asked_ns = 0
+        """When someone other than the sampler last asked (the sampler idles otherwise)."""
 
     # ---- the node -------------------------------------------------------------------------
 
@@ -290,8 +292,17 @@ class SummaryProvider:
         whole seconds: "node", "pod/<uid>", "container/<uid>/<name>".
         """
         times = times if times is not None else {}
-        from kubelet_py.agent.cri_client import CRIError
+        return await self._summary(cpu_and_memory_only=cpu_and_memory_only, times=times)
 
+    async def sample(self) -> None:
+        """A CPU-and-memory reading for the rates only (does not count as being asked)."""
+        await self._summary(cpu_and_memory_only=True, times={}, asked=False)
+
+    async def _summary(
+        self, *, cpu_and_memory_only: bool, times: dict[str, int], asked: bool = True
+    ) -> Json:
+        if asked:
+            self.last_asked_ns = self.clock_ns()
         try:
             sandboxes, containers, stats = await asyncio.gather(
                 self.runtime.list_pod_sandbox(),
@@ -441,18 +452,26 @@ def _runtime_json(image_fs: Any, disk: _Disk) -> Json:
 
 
 class Sampler:
-    """Takes a CPU-and-memory summary every `period_s`, so usageNanoCores has a previous sample."""
+    """Takes a CPU-and-memory reading every `period_s` while stats are being asked for (in
+    the last `active_s`), so usageNanoCores has a recent previous sample; an idle node whose
+    stats nobody reads pays nothing."""
 
-    def __init__(self, provider: SummaryProvider, *, period_s: float = 10.0) -> None:
+    def __init__(
+        self, provider: SummaryProvider, *, period_s: float = 10.0, active_s: float = 300.0
+    ) -> None:
         self.provider = provider
         self.period_s = period_s
+        self.active_s = active_s
 
     async def run(self) -> None:
         while True:
+            await asyncio.sleep(self.period_s)
+            idle_ns = self.provider.clock_ns() - self.provider.last_asked_ns
+            if idle_ns > self.active_s * 1e9:
+                continue
             try:
-                await self.provider.summary(cpu_and_memory_only=True)
+                await self.provider.sample()
             except StatsError as err:
                 log.debug("stats sample failed: %s", err)
             except Exception:  # a bad reading must not end the agent's task group
                 log.exception("stats sample failed")
-            await asyncio.sleep(self.period_s)

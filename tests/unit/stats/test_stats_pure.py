@@ -187,3 +187,53 @@ def test_resource_metrics_text() -> None:
         in text
     )
     assert resource_metrics_text(None).splitlines()[-1] == "resource_scrape_error 1"
+
+
+class _FakeRuntime:
+    """A runtime with no pods that counts how often its stats are listed."""
+
+    def __init__(self) -> None:
+        self.stats_calls = 0
+
+    async def list_pod_sandbox(self, labels: dict[str, str] | None = None) -> list[Any]:
+        return []
+
+    async def list_containers(self, labels: dict[str, str] | None = None) -> list[Any]:
+        return []
+
+    async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        self.stats_calls += 1
+        return []
+
+    async def image_fs_info(self) -> Any:
+        return api_pb2.ImageFsInfoResponse()
+
+
+def test_sampler_only_samples_while_stats_are_asked_for(tmp_path: Any) -> None:
+    """Nobody asking: no CRI stats calls; once asked, the sampler keeps a previous sample,
+    so the node's usageNanoCores is there on the next request."""
+    import asyncio
+
+    from kubelet_py.stats.summary import Sampler, SummaryProvider
+
+    rt = _FakeRuntime()
+    provider = SummaryProvider(
+        node_name="n", root=tmp_path, log_root=tmp_path / "logs", runtime=rt, pods=list
+    )
+    sampler = Sampler(provider, period_s=0.01, active_s=60)
+
+    async def scenario() -> dict[str, Any]:
+        task = asyncio.create_task(sampler.run())
+        await asyncio.sleep(0.1)
+        idle_calls = rt.stats_calls
+        first = await provider.summary()
+        await asyncio.sleep(1.2)
+        task.cancel()
+        assert idle_calls == 0 and rt.stats_calls > 2
+        assert "usageNanoCores" not in first["node"]["cpu"]
+        return await provider.summary()
+
+    summary = asyncio.run(scenario())
+    assert summary["pods"] == [] and summary["node"]["nodeName"] == "n"
+    assert summary["node"]["cpu"]["usageNanoCores"] >= 0
+    assert summary["node"]["fs"]["capacityBytes"] > 0 and summary["node"]["runtime"] == {}
