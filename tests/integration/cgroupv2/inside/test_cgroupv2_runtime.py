@@ -128,6 +128,10 @@ def test_stats_report_usage(runtime: Runtime) -> None:
     assert pod.cpu_usage_ns >= stats.cpu_usage_ns
     assert pod.memory_usage_bytes >= stats.memory_usage_bytes
     assert stats.oom_kills == 0
+    # what the CRI stats calls add: anon as RSS, fault counters, memory.max, pids.current
+    assert stats.memory_rss_bytes >= 4_000_000 and stats.memory_page_faults > 0
+    assert stats.memory_limit_bytes == 256 * 1024 * 1024 and pod.memory_limit_bytes is None
+    assert stats.pids >= 2 and pod.pids >= stats.pids  # sh and its sleep
 
 
 @pytest.mark.parametrize(
