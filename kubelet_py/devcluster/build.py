@@ -298,7 +298,9 @@ def ensure_go_tool(
         env=env,
     )
     assert proc.stdout is not None
-    compiled, tail, last_report = 0, list[str](), time.monotonic()
+    compiled = 0
+    tail: list[str] = []
+    last_report = time.monotonic()
     for line in proc.stdout:
         line = line.rstrip()
         tail = [*tail[-40:], line]

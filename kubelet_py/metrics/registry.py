@@ -99,8 +99,10 @@ class _Metric:
 class Counter(_Metric):
     kind = "counter"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str] = (), *, stability: str = "ALPHA"
+    ) -> None:
+        super().__init__(name, help_text, labels, stability=stability)
         self._values: dict[LabelValues, float] = {}
 
     def inc(self, *labels: str, by: float = 1.0) -> None:

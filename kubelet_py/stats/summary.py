@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 from cri_api.v1 import api_pb2
 
 from cri.runtime.usage import DirUsage, InterfaceUsage, dir_usage, netns_interfaces
@@ -47,6 +48,7 @@ class StatsRuntime(Protocol):
     async def list_pod_sandbox(self, labels: dict[str, str] | None = None) -> list[Any]: ...
     async def list_containers(self, labels: dict[str, str] | None = None) -> list[Any]: ...
     async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]: ...
+    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]: ...
     async def image_fs_info(self) -> Any: ...
 
 
@@ -152,6 +154,33 @@ def cri_network_json(net: Any) -> Json | None:
     return out
 
 
+def pod_stats_from_containers(cstats: Iterable[Any], containers: Iterable[Any]) -> list[Any]:
+    """PodSandboxStats per sandbox from its containers' ContainerStats: cpu and memory summed
+    (the counters of a pod cgroup are its children's, plus what sits in the pod level itself,
+    which for CRI runtimes is nothing), taken at the latest of their timestamps."""
+    sandbox_of = {c.id: c.pod_sandbox_id for c in containers}
+    out: dict[str, Any] = {}
+    for cs in cstats:
+        sid = sandbox_of.get(cs.attributes.id)
+        if sid is None:
+            continue
+        pod = out.setdefault(
+            sid, api_pb2.PodSandboxStats(attributes=api_pb2.PodSandboxAttributes(id=sid))
+        )
+        pod.linux.containers.append(cs)
+        cpu, mem = pod.linux.cpu, pod.linux.memory
+        if cs.HasField("cpu") and cs.cpu.HasField("usage_core_nano_seconds"):
+            cpu.timestamp = max(cpu.timestamp, cs.cpu.timestamp)
+            cpu.usage_core_nano_seconds.value += cs.cpu.usage_core_nano_seconds.value
+        if cs.HasField("memory"):
+            mem.timestamp = max(mem.timestamp, cs.memory.timestamp)
+            for name in ("working_set_bytes", "usage_bytes", "rss_bytes", "page_faults",
+                         "major_page_faults"):  # fmt: skip
+                if cs.memory.HasField(name):
+                    getattr(mem, name).value += getattr(cs.memory, name).value
+    return list(out.values())
+
+
 def pick_containers(containers: Iterable[Any]) -> list[Any]:
     """Per (pod, name): the running attempts, else the latest one (removeTerminatedContainers)."""
     groups: dict[tuple[str, str], list[Any]] = {}
@@ -207,7 +236,24 @@ class SummaryProvider:
         self.clock_ns = clock_ns or time.time_ns
         self._boot_ns: int | None = None
         self.last_asked_ns = 0
+        self._no_pod_stats = False
         """When someone other than the sampler last asked (the sampler idles otherwise)."""
+
+    async def _pod_stats(self, containers: list[Any]) -> list[Any]:
+        """ListPodSandboxStats, or for runtimes without it (containerd 1.6) pod stats made
+        from ListContainerStats: what the pod's containers use, summed."""
+        if not self._no_pod_stats:
+            try:
+                return await self.runtime.list_pod_sandbox_stats()
+            except CRIError as err:
+                if err.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._no_pod_stats = True
+                log.info(
+                    "the runtime has no ListPodSandboxStats: pod cpu and memory are the sum of "
+                    "its containers' (ListContainerStats), pod network is not reported"
+                )
+        return pod_stats_from_containers(await self.runtime.list_container_stats(), containers)
 
     # ---- the node -------------------------------------------------------------------------
 
@@ -304,11 +350,10 @@ class SummaryProvider:
         if asked:
             self.last_asked_ns = self.clock_ns()
         try:
-            sandboxes, containers, stats = await asyncio.gather(
-                self.runtime.list_pod_sandbox(),
-                self.runtime.list_containers(),
-                self.runtime.list_pod_sandbox_stats(),
+            sandboxes, containers = await asyncio.gather(
+                self.runtime.list_pod_sandbox(), self.runtime.list_containers()
             )
+            stats = await self._pod_stats(containers)
             image_fs = None if cpu_and_memory_only else await self.runtime.image_fs_info()
         except CRIError as err:
             raise StatsError(f"asking the runtime for stats failed: {err}") from err

@@ -205,6 +205,9 @@ class _FakeRuntime:
         self.stats_calls += 1
         return []
 
+    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        return []
+
     async def image_fs_info(self) -> Any:
         return api_pb2.ImageFsInfoResponse()
 
@@ -237,3 +240,58 @@ def test_sampler_only_samples_while_stats_are_asked_for(tmp_path: Any) -> None:
     assert summary["pods"] == [] and summary["node"]["nodeName"] == "n"
     assert summary["node"]["cpu"]["usageNanoCores"] >= 0
     assert summary["node"]["fs"]["capacityBytes"] > 0 and summary["node"]["runtime"] == {}
+
+
+class _OldRuntime(_FakeRuntime):
+    """containerd 1.6's shape: containers and their stats, no ListPodSandboxStats."""
+
+    async def list_pod_sandbox(self, labels: dict[str, str] | None = None) -> list[Any]:
+        meta = api_pb2.PodSandboxMetadata(name="p", namespace="n", uid="u")
+        return [api_pb2.PodSandbox(id="sb", metadata=meta, state=api_pb2.SANDBOX_READY,
+                                   created_at=1_700_000_000_000_000_000)]  # fmt: skip
+
+    async def list_containers(self, labels: dict[str, str] | None = None) -> list[Any]:
+        return [
+            api_pb2.Container(id=f"c{i}", pod_sandbox_id="sb", state=api_pb2.CONTAINER_RUNNING,
+                              metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
+                              created_at=1_700_000_000_000_000_000)
+            for i in (1, 2)
+        ]  # fmt: skip
+
+    async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        import grpc
+
+        from kubelet_py.agent.cri_client import CRIError
+
+        self.stats_calls += 1
+        raise CRIError(grpc.StatusCode.UNIMPLEMENTED, "unknown method ListPodSandboxStats")
+
+    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        out = []
+        for i, (cpu, ws) in enumerate(((100, 1000), (50, 24)), start=1):
+            cs = api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(id=f"c{i}"))
+            cs.cpu.timestamp = cs.memory.timestamp = 1_700_000_001_000_000_000 + i
+            cs.cpu.usage_core_nano_seconds.value = cpu
+            cs.memory.working_set_bytes.value = ws
+            out.append(cs)
+        return out
+
+
+def test_pod_figures_from_container_stats_without_list_pod_sandbox_stats(tmp_path: Any) -> None:
+    """A runtime without ListPodSandboxStats: each pod's cpu and memory are its containers'
+    summed, and ListPodSandboxStats is not asked again."""
+    import asyncio
+
+    from kubelet_py.stats.summary import SummaryProvider
+
+    rt = _OldRuntime()
+    provider = SummaryProvider(
+        node_name="n", root=tmp_path, log_root=tmp_path / "logs", runtime=rt, pods=list
+    )
+    asyncio.run(provider.summary(cpu_and_memory_only=True))
+    (pod,) = asyncio.run(provider.summary(cpu_and_memory_only=True))["pods"]
+    assert rt.stats_calls == 1
+    assert pod["podRef"] == {"name": "p", "namespace": "n", "uid": "u"}
+    assert pod["cpu"]["usageCoreNanoSeconds"] == 150 and pod["memory"]["workingSetBytes"] == 1024
+    assert [c["name"] for c in pod["containers"]] == ["c1", "c2"]
+    assert pod["containers"][1]["memory"]["workingSetBytes"] == 24
