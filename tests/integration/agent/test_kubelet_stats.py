@@ -187,6 +187,18 @@ def test_summary_only_cpu_and_memory(
     assert all("rootfs" not in c for p in doc["pods"] for c in p["containers"])
 
 
+def test_summary_through_the_apiserver_node_proxy(cluster: LocalCluster, ns: str, hog: str) -> None:
+    """`kubectl get --raw /api/v1/nodes/agent1/proxy/stats/summary` (and /metrics/resource)
+    reach the kubelet through the apiserver, as dashboards and scrapers do."""
+    doc = json.loads(
+        cluster.kubectl("get", "--raw", "/api/v1/nodes/agent1/proxy/stats/summary").stdout
+    )
+    assert doc["node"]["nodeName"] == "agent1"
+    assert any(p["podRef"]["name"] == "hog" and p["podRef"]["namespace"] == ns for p in doc["pods"])
+    text = cluster.kubectl("get", "--raw", "/api/v1/nodes/agent1/proxy/metrics/resource").stdout
+    assert f'pod_memory_working_set_bytes{{namespace="{ns}",pod="hog"}}' in text
+
+
 # ---- /metrics and /metrics/resource ------------------------------------------------------------
 
 
