@@ -259,17 +259,17 @@ def _go_build_with_progress(
 
 GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
     # name: (package, version, ldflags)
-    "crictl": (
-        "sigs.k8s.io/cri-tools/cmd/crictl",
-        "v1.37.0",
-        "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0",
-    ),
     # v0.9.0 is built against k8s.io v0.36 (client-go within one minor of v1.37's apiserver)
     "metrics-server": (
         "sigs.k8s.io/metrics-server/cmd/metrics-server",
         "v0.9.0",
         "-s -w -X k8s.io/client-go/pkg/version.gitVersion=v0.9.0"
         " -X k8s.io/client-go/pkg/version.gitTreeState=clean",
+    ),
+    "crictl": (
+        "sigs.k8s.io/cri-tools/cmd/crictl",
+        "v1.37.0",
+        "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0",
     ),
 }
 
@@ -289,29 +289,16 @@ def ensure_go_tool(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = {**os.environ, "GOBIN": str(tmp)}
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        ["go", "install", "-v", "-ldflags", ldflags, f"{package}@{version}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc = subprocess.run(
+        ["go", "install", "-ldflags", ldflags, f"{package}@{version}"],
+        capture_output=True,
         text=True,
         env=env,
+        check=False,
     )
-    assert proc.stdout is not None
-    compiled = 0
-    tail: list[str] = []
-    last_report = time.monotonic()
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail[-40:], line]
-        compiled += bool(line) and " " not in line  # `-v` prints one package path per line
-        if time.monotonic() - last_report >= 10:
-            last_report = time.monotonic()
-            progress(f"  {name}: {compiled} packages compiled")
-    if proc.wait() != 0:
+    if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BuildError(f"building {name} {version} failed:\n" + "\n".join(tail))
+        raise BuildError(f"building {name} {version} failed:\n{proc.stderr.strip()[-4000:]}")
     shutil.rmtree(key_dir, ignore_errors=True)
     tmp.rename(key_dir)
-    progress(f"  built {name} in {time.monotonic() - started:.0f} s -> {binary}")
     return binary
