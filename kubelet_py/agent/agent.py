@@ -18,6 +18,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2
 
+import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
@@ -28,7 +29,6 @@ from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
-from kubelet_py.metrics import kubelet as metrics
 from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 from kubelet_py.stats import Sampler, SummaryProvider
 
@@ -231,6 +231,24 @@ class Agent:
             for i in sorted(images, key=lambda i: -i.size)
         ]
 
+    async def metrics_text(self) -> str:
+        """/metrics: the running pod and container counts as of now, then every metric."""
+        try:
+            sandboxes, containers = await asyncio.gather(
+                self.cri.list_pod_sandbox(), self.cri.list_containers()
+            )
+        except CRIError as err:
+            log.debug("counting running pods for /metrics failed: %s", err)
+        else:
+            ready = api_pb2.PodSandboxState.SANDBOX_READY
+            metrics.running_pods.set(len({s.metadata.uid for s in sandboxes if s.state == ready}))
+            counts: dict[tuple[str, ...], float] = {}
+            for c in containers:
+                key = (_CONTAINER_STATES.get(c.state, "unknown"),)
+                counts[key] = counts.get(key, 0) + 1
+            metrics.running_containers.replace(counts)
+        return metrics.REGISTRY.text()
+
     async def _service_env(self) -> dict[str, str]:
         """KUBERNETES_SERVICE_* for pods, from the `kubernetes` service (as the kubelet adds)."""
         if self.api is None:
@@ -297,24 +315,6 @@ class Agent:
             )
             log.info("ending pod %s/%s: no source has it any more", orphan.namespace, orphan.name)
             self.upsert(orphan)
-
-    async def metrics_text(self) -> str:
-        """/metrics: the running pod and container counts as of now, then every metric."""
-        try:
-            sandboxes, containers = await asyncio.gather(
-                self.cri.list_pod_sandbox(), self.cri.list_containers()
-            )
-        except CRIError as err:
-            log.debug("counting running pods for /metrics failed: %s", err)
-        else:
-            ready = api_pb2.PodSandboxState.SANDBOX_READY
-            metrics.running_pods.set(len({s.metadata.uid for s in sandboxes if s.state == ready}))
-            counts: dict[tuple[str, ...], float] = {}
-            for c in containers:
-                key = (_CONTAINER_STATES.get(c.state, "unknown"),)
-                counts[key] = counts.get(key, 0) + 1
-            metrics.running_containers.replace(counts)
-        return metrics.REGISTRY.text()
 
     # ---- run ---------------------------------------------------------------------------
 
