@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
-from cri.runtime import model
+from cri.runtime import model, usage
 from cri.runtime.cgroups import CgroupStats
 from cri.runtime.errors import (
     AlreadyExistsError,
@@ -25,7 +25,6 @@ from cri.runtime.errors import (
 )
 from cri.runtime.service import RUNTIME_NAME, RUNTIME_VERSION, RuntimeService
 from cri.runtime.state import ContainerRecord, SandboxRecord
-from cri.runtime.usage import InterfaceUsage
 
 
 def _code(err: RuntimeServiceError) -> grpc.StatusCode:
@@ -171,7 +170,7 @@ def _fill_usage(cpu: Any, memory: Any, s: CgroupStats, now: int) -> None:
         memory.available_bytes.value = max(0, s.memory_limit_bytes - s.memory_working_set_bytes)
 
 
-def _fill_network(net: Any, interfaces: list[InterfaceUsage], now: int) -> None:
+def _fill_network(net: Any, interfaces: list[usage.InterfaceUsage], now: int) -> None:
     """Every interface but loopback; eth0 (the CRI convention) or the first one is the default."""
     net.timestamp = now
     ifaces = [i for i in interfaces if i.name != "lo"]
