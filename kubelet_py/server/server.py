@@ -3,15 +3,15 @@
     kubectl logs ──▶ kube-apiserver ──(kubelet client cert)──▶ https://<node IP>:10250
         /containerLogs/{ns}/{pod}/{container}   CRI log files, streamed (logs.py)
         /pods                                   the pods this node runs (PodList)
+        /stats/summary                          node, pod and container usage (kubelet_py.stats)
+        /metrics                                the agent's own metrics (Prometheus text)
+        /metrics/resource                       what metrics-server scrapes
+        /metrics/cadvisor                       per-container usage, cAdvisor's names (a subset)
         /healthz                                ping, log, syncloop
         /configz                                {"kubeletconfig": <the agent's config>}
         /exec/{ns}/{pod}/{container}            kubectl exec, SPDY/3.1 upgrade (streaming.py)
         /attach/{ns}/{pod}/{container}          kubectl attach (conmon's attach socket)
         /portForward/{ns}/{pod}                 kubectl port-forward (into the pod's netns)
-        /stats/summary                          node, pod and container usage (kubelet_py.stats)
-        /metrics                                the agent's own metrics (Prometheus text)
-        /metrics/resource                       what metrics-server scrapes
-        /metrics/cadvisor                       per-container usage, cAdvisor's names (a subset)
 
 Every request on the HTTPS port is authenticated and authorized first (auth.py):
 without credentials 401, without permission 403, and neither reaches a handler.
@@ -41,8 +41,6 @@ from kubelet_py.agent.apiclient import ApiClient
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import CONTAINER_NAME, POD_UID
 from kubelet_py.agent.model import Pod
-from kubelet_py.metrics.cadvisor import cadvisor_metrics_text
-from kubelet_py.metrics.resource import resource_metrics_text
 from kubelet_py.server import streaming
 from kubelet_py.server.auth import (
     AuthenticationError,
@@ -105,6 +103,17 @@ class KubeletHost:
 
 def _text(status: int, body: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/plain")
+
+
+def _compact_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _prometheus(text: str) -> web.Response:
+    resp = web.Response(body=text.encode())
+    resp.content_type = "text/plain"
+    resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return resp
 
 
 def _camel(name: str) -> str:
@@ -324,6 +333,50 @@ class KubeletServer:
         }
         return web.json_response({"kubeletconfig": cfg})
 
+    # ---- stats and metrics ----------------------------------------------------------------------
+
+    async def stats_summary(self, request: web.Request) -> web.Response:
+        """GET /stats/summary[?only_cpu_and_memory=true]: the stats/v1alpha1 Summary."""
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        only = request.query.get("only_cpu_and_memory", "").lower() == "true"
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=only)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            log.warning("stats summary failed: %s", err)
+            return _text(500, f"Internal Error: failed to get node info: {err}")
+        return web.json_response(summary, dumps=_compact_json)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.host.metrics is None:
+            return _text(404, "404 page not found\n")
+        return _prometheus(await self.host.metrics())
+
+    async def metrics_resource(self, request: web.Request) -> web.Response:
+        from kubelet_py.metrics.resource import resource_metrics_text  # only this handler needs it
+
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=True, times=times)
+        except Exception as err:  # noqa: BLE001 - reported as resource_scrape_error 1
+            log.warning("resource metrics: stats summary failed: %s", err)
+            return _prometheus(resource_metrics_text(None))
+        return _prometheus(resource_metrics_text(summary, at_ns=times))
+
+    async def metrics_cadvisor(self, request: web.Request) -> web.Response:
+        from kubelet_py.metrics.cadvisor import cadvisor_metrics_text  # only this handler needs it
+
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(times=times)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            return _text(500, f"Internal Error: {err}")
+        return _prometheus(cadvisor_metrics_text(summary, at_ns=times))
+
     def _find_pod(self, namespace: str, name: str) -> Pod | None:
         found = [p for p in self.host.pods() if p.namespace == namespace and p.name == name]
         found.sort(key=lambda p: p.terminating)  # a live pod before one on its way out
@@ -536,54 +589,3 @@ class KubeletServer:
         netns = await asyncio.to_thread(self._sandbox_netns, pod.uid)
         what = f"{pod.name}_{pod.namespace}, uid {pod.uid}"
         return await streaming.serve_port_forward(request, netns, what, closing=self._closing)
-
-    # ---- stats and metrics ----------------------------------------------------------------------
-
-    async def stats_summary(self, request: web.Request) -> web.Response:
-        """GET /stats/summary[?only_cpu_and_memory=true]: the stats/v1alpha1 Summary."""
-        if self.host.stats is None:
-            return _text(404, "404 page not found\n")
-        only = request.query.get("only_cpu_and_memory", "").lower() == "true"
-        try:
-            summary = await self.host.stats.summary(cpu_and_memory_only=only)
-        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
-            log.warning("stats summary failed: %s", err)
-            return _text(500, f"Internal Error: failed to get node info: {err}")
-        return web.json_response(summary, dumps=_compact_json)
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        if self.host.metrics is None:
-            return _text(404, "404 page not found\n")
-        return _prometheus(await self.host.metrics())
-
-    async def metrics_resource(self, request: web.Request) -> web.Response:
-        if self.host.stats is None:
-            return _text(404, "404 page not found\n")
-        times: dict[str, int] = {}
-        try:
-            summary = await self.host.stats.summary(cpu_and_memory_only=True, times=times)
-        except Exception as err:  # noqa: BLE001 - reported as resource_scrape_error 1
-            log.warning("resource metrics: stats summary failed: %s", err)
-            return _prometheus(resource_metrics_text(None))
-        return _prometheus(resource_metrics_text(summary, at_ns=times))
-
-    async def metrics_cadvisor(self, request: web.Request) -> web.Response:
-        if self.host.stats is None:
-            return _text(404, "404 page not found\n")
-        times: dict[str, int] = {}
-        try:
-            summary = await self.host.stats.summary(times=times)
-        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
-            return _text(500, f"Internal Error: {err}")
-        return _prometheus(cadvisor_metrics_text(summary, at_ns=times))
-
-
-def _compact_json(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
-def _prometheus(text: str) -> web.Response:
-    resp = web.Response(body=text.encode())
-    resp.content_type = "text/plain"
-    resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-    return resp
