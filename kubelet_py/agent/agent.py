@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cri_api.v1 import api_pb2
-
 import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
@@ -33,13 +31,6 @@ from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 from kubelet_py.stats import Sampler, SummaryProvider
 
 log = logging.getLogger("kubelet_py.agent")
-
-# kubecontainer.State names, the container_state label of kubelet_running_containers
-_CONTAINER_STATES = {
-    api_pb2.ContainerState.CONTAINER_CREATED: "created",
-    api_pb2.ContainerState.CONTAINER_RUNNING: "running",
-    api_pb2.ContainerState.CONTAINER_EXITED: "exited",
-}
 
 
 @dataclass(frozen=True)
@@ -240,13 +231,7 @@ class Agent:
         except CRIError as err:
             log.debug("counting running pods for /metrics failed: %s", err)
         else:
-            ready = api_pb2.PodSandboxState.SANDBOX_READY
-            metrics.running_pods.set(len({s.metadata.uid for s in sandboxes if s.state == ready}))
-            counts: dict[tuple[str, ...], float] = {}
-            for c in containers:
-                key = (_CONTAINER_STATES.get(c.state, "unknown"),)
-                counts[key] = counts.get(key, 0) + 1
-            metrics.running_containers.replace(counts)
+            metrics.set_running_counts(sandboxes, containers)
         return metrics.REGISTRY.text()
 
     async def _service_env(self) -> dict[str, str]:
@@ -280,10 +265,10 @@ class Agent:
             started = time.monotonic()
             try:
                 containers = await self.cri.list_containers()
+                metrics.pleg_relist_duration.observe(time.monotonic() - started)
             except CRIError as err:
                 log.warning("PLEG relist failed: %s", err)
                 continue
-            metrics.pleg_relist_duration.observe(time.monotonic() - started)
             now = {c.id: int(c.state) for c in containers}
             changed = {cid for cid in set(now) | set(last) if now.get(cid) != last.get(cid)}
             uids = {c.labels.get(POD_UID) for c in containers if c.id in changed}
@@ -379,8 +364,8 @@ class Agent:
                 if api_source is not None:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
-                tg.create_task(self._pleg(), name="pleg")
                 tg.create_task(Sampler(self.stats).run(), name="stats-sampler")
+                tg.create_task(self._pleg(), name="pleg")
                 self.ready.set()
                 log.info(
                     "node agent %s ready in %.2f s",

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2
 
+import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import POD_UID, container_config, expand, sandbox_config
@@ -41,7 +42,6 @@ from kubelet_py.agent.plan import (
 )
 from kubelet_py.agent.status import pod_status, rfc3339
 from kubelet_py.agent.volumes import ConfigError, VolumeError, VolumeManager
-from kubelet_py.metrics import kubelet as metrics
 
 log = logging.getLogger("kubelet_py.pods")
 
@@ -155,6 +155,9 @@ class PodWorker:
         self.state = PodLifecycle.SYNCING
         self.wake = asyncio.Event()
         self.removed = False
+        self.first_seen = time.monotonic()
+        self.start_recorded = False
+        self.sync_kind = "create"  # pod_worker_duration_seconds' operation_type
         self.waiting: dict[str, tuple[str, str]] = {}
         self.image_backoff = Backoff(initial_s=10, max_s=300)
         self.probes: dict[tuple[str, str], ProbeState] = {}
@@ -164,9 +167,6 @@ class PodWorker:
         self.volume_paths: dict[str, Path] | None = None
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
-        self.first_seen = time.monotonic()
-        self.start_recorded = False
-        self.sync_kind = "create"  # pod_worker_duration_seconds' operation_type
 
     def _move(self, to: PodLifecycle) -> None:
         if to not in LIFECYCLE_MOVES[self.state]:

@@ -5,6 +5,11 @@ the CRI client times every call (runtime_operations_*), pod workers time their s
 and the first Running of a pod, the PLEG relist sets the running counts.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
+from cri_api.v1 import api_pb2
+
 from kubelet_py.metrics.registry import (
     DEF_BUCKETS,
     Counter,
@@ -100,3 +105,23 @@ def operation_name(rpc: str) -> str:
             out.append("_")
         out.append(ch.lower())
     return "".join(out)
+
+
+# kubecontainer.State names: the container_state label of kubelet_running_containers
+_CONTAINER_STATES = {
+    api_pb2.ContainerState.CONTAINER_CREATED: "created",
+    api_pb2.ContainerState.CONTAINER_RUNNING: "running",
+    api_pb2.ContainerState.CONTAINER_EXITED: "exited",
+}
+
+
+def set_running_counts(sandboxes: Iterable[Any], containers: Iterable[Any]) -> None:
+    """kubelet_running_pods (pods with a ready sandbox) and kubelet_running_containers by
+    state, from CRI ListPodSandbox and ListContainers answers."""
+    ready = api_pb2.PodSandboxState.SANDBOX_READY
+    running_pods.set(len({s.metadata.uid for s in sandboxes if s.state == ready}))
+    counts: dict[tuple[str, ...], float] = {}
+    for c in containers:
+        key = (_CONTAINER_STATES.get(c.state, "unknown"),)
+        counts[key] = counts.get(key, 0) + 1
+    running_containers.replace(counts)
