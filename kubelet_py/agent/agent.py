@@ -115,6 +115,8 @@ class Agent:
                 root=config.root,
                 log_root=self.node_ctx.log_root,
                 cri=self.cri,
+                stats=self.stats,
+                metrics=self.metrics_text,
                 api=self.api,
                 pods=lambda: [w.pod for w in self.workers.values()],
                 waiting=lambda uid, name: (
@@ -122,8 +124,6 @@ class Agent:
                 ),
                 ready=self.ready,
                 configz=lambda: self.config,
-                stats=self.stats,
-                metrics=self.metrics_text,
             ),
         )
 
