@@ -146,28 +146,6 @@ class GrpcCRI:
             timeout_s=timeout_s + 10,
         )
 
-    async def pull_image(self, image: str, auth: Any | None, sandbox_config: Any) -> str:
-        req = api_pb2.PullImageRequest(
-            image=api_pb2.ImageSpec(image=image), sandbox_config=sandbox_config
-        )
-        if auth is not None:
-            req.auth.CopyFrom(auth)
-        resp = await self._call(self._img.PullImage, req, timeout_s=600)
-        return str(resp.image_ref)
-
-    async def image_status(self, image: str) -> Any:
-        resp = await self._call(
-            self._img.ImageStatus, api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image))
-        )
-        return resp.image if resp.HasField("image") else None
-
-    async def list_images(self) -> list[Any]:
-        resp = await self._call(self._img.ListImages, api_pb2.ListImagesRequest())
-        return list(resp.images)
-
-    async def image_fs_info(self) -> Any:
-        return await self._call(self._img.ImageFsInfo, api_pb2.ImageFsInfoRequest())
-
     async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
         req = api_pb2.ListPodSandboxStatsRequest()
         if labels:
@@ -189,3 +167,25 @@ class GrpcCRI:
             req.filter.label_selector.update(labels)
         resp = await self._call(self._rt.ListContainerStats, req, timeout_s=30)
         return list(resp.stats)
+
+    async def pull_image(self, image: str, auth: Any | None, sandbox_config: Any) -> str:
+        req = api_pb2.PullImageRequest(
+            image=api_pb2.ImageSpec(image=image), sandbox_config=sandbox_config
+        )
+        if auth is not None:
+            req.auth.CopyFrom(auth)
+        resp = await self._call(self._img.PullImage, req, timeout_s=600)
+        return str(resp.image_ref)
+
+    async def image_status(self, image: str) -> Any:
+        resp = await self._call(
+            self._img.ImageStatus, api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image))
+        )
+        return resp.image if resp.HasField("image") else None
+
+    async def list_images(self) -> list[Any]:
+        resp = await self._call(self._img.ListImages, api_pb2.ListImagesRequest())
+        return list(resp.images)
+
+    async def image_fs_info(self) -> Any:
+        return await self._call(self._img.ImageFsInfo, api_pb2.ImageFsInfoRequest())
