@@ -93,6 +93,28 @@ class GrpcCRI:
         )
         return resp.status
 
+    async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        req = api_pb2.ListPodSandboxStatsRequest()
+        if labels:
+            req.filter.label_selector.update(labels)
+        resp = await self._call(self._rt.ListPodSandboxStats, req, timeout_s=30)
+        return list(resp.stats)
+
+    async def pod_sandbox_stats(self, sandbox_id: str) -> Any:
+        resp = await self._call(
+            self._rt.PodSandboxStats,
+            api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
+            timeout_s=30,
+        )
+        return resp.stats
+
+    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        req = api_pb2.ListContainerStatsRequest()
+        if labels:
+            req.filter.label_selector.update(labels)
+        resp = await self._call(self._rt.ListContainerStats, req, timeout_s=30)
+        return list(resp.stats)
+
     async def list_pod_sandbox(self, labels: dict[str, str] | None = None) -> list[Any]:
         req = api_pb2.ListPodSandboxRequest()
         if labels:
@@ -145,28 +167,6 @@ class GrpcCRI:
             api_pb2.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout_s),
             timeout_s=timeout_s + 10,
         )
-
-    async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
-        req = api_pb2.ListPodSandboxStatsRequest()
-        if labels:
-            req.filter.label_selector.update(labels)
-        resp = await self._call(self._rt.ListPodSandboxStats, req, timeout_s=30)
-        return list(resp.stats)
-
-    async def pod_sandbox_stats(self, sandbox_id: str) -> Any:
-        resp = await self._call(
-            self._rt.PodSandboxStats,
-            api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
-            timeout_s=30,
-        )
-        return resp.stats
-
-    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
-        req = api_pb2.ListContainerStatsRequest()
-        if labels:
-            req.filter.label_selector.update(labels)
-        resp = await self._call(self._rt.ListContainerStats, req, timeout_s=30)
-        return list(resp.stats)
 
     async def pull_image(self, image: str, auth: Any | None, sandbox_config: Any) -> str:
         req = api_pb2.PullImageRequest(
