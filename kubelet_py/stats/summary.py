@@ -422,7 +422,8 @@ class SummaryProvider:
             cs = cstats.get(c.id)
             item: Json = {"name": c.metadata.name, "startTime": rfc3339(c.created_at)}
             if cs is not None:
-                times[f"container/{meta.uid}/{c.metadata.name}"] = cs.cpu.timestamp
+                if read_at := cs.cpu.timestamp or cs.memory.timestamp:
+                    times[f"container/{meta.uid}/{c.metadata.name}"] = read_at
                 _put(
                     item,
                     cpu=cpu_json(cs.cpu if cs.HasField("cpu") else None, c.id, self.rates),
@@ -445,7 +446,8 @@ class SummaryProvider:
         out["containers"] = items
         if pod_stats is not None:
             linux = pod_stats.linux
-            times[f"pod/{meta.uid}"] = linux.cpu.timestamp
+            if read_at := linux.cpu.timestamp or linux.memory.timestamp:
+                times[f"pod/{meta.uid}"] = read_at
             pod_cpu = linux.cpu if linux.HasField("cpu") else None
             _put(
                 out,
