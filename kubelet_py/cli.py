@@ -78,6 +78,11 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         "--check", action="store_true", help="start, check the static pod answers, stop"
     )
     up.add_argument(
+        "--metrics-server",
+        action="store_true",
+        help="also run metrics-server (built from its Go module once), so `kubectl top` works",
+    )
+    up.add_argument(
         "--check",
         action="store_true",
         help="start, list namespaces with kubectl, stop: a smoke test of the whole path",
@@ -182,6 +187,12 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             for i in range(args.nodes):
                 node = cluster.add_node(f"node{i + 1}")
                 _progress(f"node namespace {node.netns} at {node.address}")
+            if args.metrics_server:
+                from kubelet_py.devcluster.metrics_server import start_metrics_server
+
+                # every node's serving cert is self-signed: nothing to check them against
+                ms = start_metrics_server(cluster, kubelet_ca=None)
+                _progress(f"metrics-server on https://{ms.address}:{ms.port} (`kubectl top`)")
             if args.check and not args.node:
                 print(cluster.kubectl("get", "namespaces").stdout, end="")
                 return 0

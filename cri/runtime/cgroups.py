@@ -48,6 +48,12 @@ class CgroupStats:
     oom_kills: int
     cpu_throttled_periods: int = 0
     cpu_periods: int = 0
+    memory_rss_bytes: int = 0
+    memory_page_faults: int = 0
+    memory_major_page_faults: int = 0
+    memory_limit_bytes: int | None = None
+    """The cgroup's memory limit; None when it has none (or one above the machine's memory)."""
+    pids: int = 0
 
 
 class CgroupDriver(Protocol):
@@ -91,6 +97,25 @@ def _read_kv(path: Path) -> dict[str, int]:
             with contextlib.suppress(ValueError):
                 out[key] = int(value)
     return out
+
+
+def _limit(text: str) -> int | None:
+    """A memory limit file's value; None for "max" or v1's page-rounded LLONG_MAX."""
+    text = text.strip()
+    if not text or text == "max":
+        return None
+    value = int(text)
+    return None if value >= _NO_LIMIT_V1 else value
+
+
+_NO_LIMIT_V1 = 1 << 62  # v1 writes 0x7FFFFFFFFFFFF000 for "no limit"
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        return _limit(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _read_int(path: Path) -> int:
@@ -237,6 +262,9 @@ class CgroupV1:
         oom = int(dict(mem.oom_control).get("oom_kill", 0))
         cpuacct = self.root / "cpuacct" / path.lstrip("/")
         cpu_stat = _read_kv(self.root / "cpu" / path.lstrip("/") / "cpu.stat")
+        mem_dir = Path(node.full_path.decode())
+        # hierarchical_memory_limit is the tightest limit on the way up (cAdvisor's choice)
+        limit = stat.get("hierarchical_memory_limit")
         return CgroupStats(
             cpu_usage_ns=_read_int(cpuacct / "cpuacct.usage"),
             memory_usage_bytes=usage,
@@ -244,6 +272,15 @@ class CgroupV1:
             oom_kills=oom,
             cpu_throttled_periods=cpu_stat.get("nr_throttled", 0),
             cpu_periods=cpu_stat.get("nr_periods", 0),
+            memory_rss_bytes=int(stat.get("total_rss", 0)),
+            memory_page_faults=int(stat.get("total_pgfault", 0)),
+            memory_major_page_faults=int(stat.get("total_pgmajfault", 0)),
+            memory_limit_bytes=(
+                _limit(str(limit))
+                if limit is not None
+                else _read_limit(mem_dir / "memory.limit_in_bytes")
+            ),
+            pids=_read_int(self.root / "pids" / path.lstrip("/") / "pids.current"),
         )
 
 
@@ -344,6 +381,11 @@ class CgroupV2:
             oom_kills=events.get("oom_kill", 0),
             cpu_throttled_periods=cpu.get("nr_throttled", 0),
             cpu_periods=cpu.get("nr_periods", 0),
+            memory_rss_bytes=mem.get("anon", 0),
+            memory_page_faults=mem.get("pgfault", 0),
+            memory_major_page_faults=mem.get("pgmajfault", 0),
+            memory_limit_bytes=_read_limit(d / "memory.max"),
+            pids=_read_int(d / "pids.current"),
         )
 
 

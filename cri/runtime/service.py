@@ -52,6 +52,7 @@ from cri.runtime.model import (
 from cri.runtime.network import PodNetwork, PodNetworkRequest
 from cri.runtime.state import ContainerRecord, RecordStore, SandboxRecord
 from cri.runtime.translate import ImageDefaults, SandboxPaths, container_spec, resolve_user
+from cri.runtime.usage import DirUsage, InterfaceUsage, dir_usage, netns_interfaces
 
 log = logging.getLogger("kubelet_py.cri.runtime")
 
@@ -834,6 +835,18 @@ class RuntimeService:
             return self.cgroups.stats(record.cgroup_path)
         except (OSError, RuntimeServiceError):
             return None
+
+    def writable_layer(self, container_id: str) -> tuple[Path, DirUsage]:
+        """The container's writable layer (its overlay upper dir) and what it holds. Blocking."""
+        upper = self.records.container_dir(self.container(container_id).id) / "upper"
+        return upper, dir_usage(upper)
+
+    def pod_network(self, sandbox_id: str) -> list[InterfaceUsage] | None:
+        """Interface counters in the sandbox's netns; None for host network. Blocking."""
+        record = self._find_sandbox(sandbox_id)
+        if not record.netns or record.state != SandboxState.READY.value:
+            return None
+        return netns_interfaces(record.netns)
 
     def status_info(self) -> dict[str, Any]:
         return {"cgroupVersion": self.cgroups.version, "cgroupBase": self.cgroups.base}

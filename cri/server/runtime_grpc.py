@@ -8,6 +8,7 @@ server (cri.streaming.server), as containerd does; without one they answer
 UNIMPLEMENTED.
 """
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
-from cri.runtime import model
+from cri.runtime import model, usage
 from cri.runtime.cgroups import CgroupStats
 from cri.runtime.errors import (
     AlreadyExistsError,
@@ -173,6 +174,26 @@ def _fill_usage(cpu: Any, memory: Any, s: CgroupStats, now: int) -> None:
     memory.timestamp = now
     memory.working_set_bytes.value = s.memory_working_set_bytes
     memory.usage_bytes.value = s.memory_usage_bytes
+    memory.rss_bytes.value = s.memory_rss_bytes
+    memory.page_faults.value = s.memory_page_faults
+    memory.major_page_faults.value = s.memory_major_page_faults
+    if s.memory_limit_bytes is not None:
+        memory.available_bytes.value = max(0, s.memory_limit_bytes - s.memory_working_set_bytes)
+
+
+def _fill_network(net: Any, interfaces: list[usage.InterfaceUsage], now: int) -> None:
+    """Every interface but loopback; eth0 (the CRI convention) or the first one is the default."""
+    net.timestamp = now
+    ifaces = [i for i in interfaces if i.name != "lo"]
+    for i in ifaces:
+        pb = net.interfaces.add(name=i.name)
+        pb.rx_bytes.value, pb.rx_errors.value = i.rx_bytes, i.rx_errors
+        pb.tx_bytes.value, pb.tx_errors.value = i.tx_bytes, i.tx_errors
+    default = next((p for p in net.interfaces if p.name == "eth0"), None)
+    if default is None and len(net.interfaces):
+        default = net.interfaces[0]
+    if default is not None:
+        net.default_interface.CopyFrom(default)
 
 
 def _sandbox_meta(r: SandboxRecord) -> Any:
@@ -400,7 +421,11 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
 
+    # Stats read cgroup files, walk writable layers and enter network namespaces, so they
+    # are built in a thread, from record snapshots taken on the loop.
+
     def _stats_pb(self, r: ContainerRecord) -> Any:
+        """One container's stats (blocking)."""
         s = self.rt.stats(r.id)
         now = time.time_ns()
         stats = api_pb2.ContainerStats(
@@ -413,6 +438,15 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
         )
         if s is not None:
             _fill_usage(stats.cpu, stats.memory, s, now)
+        try:
+            upper, usage = self.rt.writable_layer(r.id)
+        except (OSError, RuntimeServiceError):
+            return stats
+        layer = stats.writable_layer
+        layer.timestamp = now
+        layer.fs_id.mountpoint = str(upper)
+        layer.used_bytes.value = usage.used_bytes
+        layer.inodes_used.value = usage.inodes_used
         return stats
 
     async def ContainerStats(self, request: Any, context: Any) -> Any:
@@ -420,11 +454,13 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
             r = self.rt.container(request.container_id)
         except RuntimeServiceError as err:
             await context.abort(_code(err), str(err))
-        return api_pb2.ContainerStatsResponse(stats=self._stats_pb(r))
+        stats = await asyncio.to_thread(self._stats_pb, r)
+        return api_pb2.ContainerStatsResponse(stats=stats)
 
     async def ListContainerStats(self, request: Any, context: Any) -> Any:
         f = request.filter
-        out = [self._stats_pb(r) for r in self.rt.containers() if _wanted(r, f)]
+        wanted = [r for r in self.rt.containers() if _wanted(r, f)]
+        out = await asyncio.to_thread(lambda: [self._stats_pb(r) for r in wanted])
         return api_pb2.ListContainerStatsResponse(stats=out)
 
     async def PodSandboxStats(self, request: Any, context: Any) -> Any:
@@ -432,9 +468,12 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
             r = self.rt.sandbox(request.pod_sandbox_id)
         except RuntimeServiceError as err:
             await context.abort(_code(err), str(err))
-        return api_pb2.PodSandboxStatsResponse(stats=self._pod_stats_pb(r))
+        members = [c for c in self.rt.containers() if c.sandbox_id == r.id]
+        stats = await asyncio.to_thread(self._pod_stats_pb, r, members)
+        return api_pb2.PodSandboxStatsResponse(stats=stats)
 
-    def _pod_stats_pb(self, r: SandboxRecord) -> Any:
+    def _pod_stats_pb(self, r: SandboxRecord, members: list[ContainerRecord]) -> Any:
+        """One sandbox's stats with its containers' (blocking)."""
         stats = api_pb2.PodSandboxStats(
             attributes=api_pb2.PodSandboxAttributes(
                 id=r.id, metadata=_sandbox_meta(r), labels=r.labels, annotations=r.annotations
@@ -444,19 +483,28 @@ class RuntimeServiceServicer(api_pb2_grpc.RuntimeServiceServicer):
         now = time.time_ns()
         if s is not None:
             _fill_usage(stats.linux.cpu, stats.linux.memory, s, now)
-        stats.linux.containers.extend(
-            self._stats_pb(c) for c in self.rt.containers() if c.sandbox_id == r.id
-        )
+            stats.linux.process.timestamp = now
+            stats.linux.process.process_count.value = s.pids
+        try:
+            interfaces = self.rt.pod_network(r.id)
+        except (OSError, RuntimeServiceError):
+            interfaces = None
+        if interfaces is not None:
+            _fill_network(stats.linux.network, interfaces, now)
+        stats.linux.containers.extend(self._stats_pb(c) for c in members)
         return stats
 
     async def ListPodSandboxStats(self, request: Any, context: Any) -> Any:
         f = request.filter
-        out = [
-            self._pod_stats_pb(r)
+        sandboxes = [
+            r
             for r in self.rt.sandboxes()
             if (not f.id or r.id.startswith(f.id))
             and all(r.labels.get(k) == v for k, v in f.label_selector.items())
         ]
+        containers = self.rt.containers()
+        work = [(r, [c for c in containers if c.sandbox_id == r.id]) for r in sandboxes]
+        out = await asyncio.to_thread(lambda: [self._pod_stats_pb(r, m) for r, m in work])
         return api_pb2.ListPodSandboxStatsResponse(stats=out)
 
     async def _streaming_server(self, context: Any) -> StreamingServer:

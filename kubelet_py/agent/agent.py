@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
@@ -32,6 +33,7 @@ from kubelet_py.bootstrap.csr import CertKind, CertRequest, serving_request
 from kubelet_py.bootstrap.rotation import CertificateRotator
 from kubelet_py.bootstrap.store import SERVER_PREFIX, CertStore
 from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
+from kubelet_py.stats import Sampler, SummaryProvider
 
 log = logging.getLogger("kubelet_py.agent")
 
@@ -109,6 +111,14 @@ class Agent:
         self._runtime: Any = None
         self._server: Any = None
         self.ready = asyncio.Event()
+        self.stats = SummaryProvider(
+            node_name=config.node_name,
+            root=config.root,
+            log_root=self.node_ctx.log_root,
+            runtime=self.cri,
+            pods=lambda: [w.pod for w in self.workers.values()],
+        )
+        metrics.node_name.set(1, config.node_name)
         self.kubelet_server = KubeletServer(
             config.kubelet_server,
             KubeletHost(
@@ -117,6 +127,8 @@ class Agent:
                 root=config.root,
                 log_root=self.node_ctx.log_root,
                 cri=self.cri,
+                stats=self.stats,
+                metrics=self.metrics_text,
                 api=self.api,
                 pods=lambda: [w.pod for w in self.workers.values()],
                 waiting=lambda uid, name: (
@@ -226,6 +238,18 @@ class Agent:
             for i in sorted(images, key=lambda i: -i.size)
         ]
 
+    async def metrics_text(self) -> str:
+        """/metrics: the running pod and container counts as of now, then every metric."""
+        try:
+            sandboxes, containers = await asyncio.gather(
+                self.cri.list_pod_sandbox(), self.cri.list_containers()
+            )
+        except CRIError as err:
+            log.debug("counting running pods for /metrics failed: %s", err)
+        else:
+            metrics.set_running_counts(sandboxes, containers)
+        return metrics.REGISTRY.text()
+
     async def _service_env(self) -> dict[str, str]:
         """KUBERNETES_SERVICE_* for pods, from the `kubernetes` service (as the kubelet adds)."""
         if self.api is None:
@@ -254,8 +278,10 @@ class Agent:
         last: dict[str, int] = {}
         while True:
             await asyncio.sleep(self.config.pleg_period_s)
+            started = time.monotonic()
             try:
                 containers = await self.cri.list_containers()
+                metrics.pleg_relist_duration.observe(time.monotonic() - started)
             except CRIError as err:
                 log.warning("PLEG relist failed: %s", err)
                 continue
@@ -408,6 +434,7 @@ class Agent:
                 if api_source is not None:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
+                tg.create_task(Sampler(self.stats).run(), name="stats-sampler")
                 tg.create_task(self._pleg(), name="pleg")
                 self.ready.set()
                 log.info(

@@ -5,10 +5,14 @@ in-process or by `kubelet-py cri serve`) or containerd's. `CRIRuntime` is the
 narrow interface the pod workers need; `GrpcCRI` is its only implementation.
 """
 
+import time
 from typing import Any, Protocol
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from kubelet_py.metrics import kubelet as metrics
+from kubelet_py.metrics.kubelet import operation_name
 
 
 class CRIError(Exception):
@@ -54,10 +58,17 @@ class GrpcCRI:
         await self._channel.close()
 
     async def _call(self, fn: Any, request: Any, timeout_s: float = 120.0) -> Any:
+        # upstream's instrumented runtime service: one count, one duration, errors per call
+        op = operation_name(type(request).__name__.removesuffix("Request"))
+        started = time.monotonic()
         try:
             return await fn(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
+            metrics.runtime_operations_errors.inc(op)
             raise CRIError(err.code(), err.details() or str(err.code())) from err
+        finally:
+            metrics.runtime_operations.inc(op)
+            metrics.runtime_operations_duration.observe(time.monotonic() - started, op)
 
     async def version(self) -> Any:
         return await self._call(self._rt.Version, api_pb2.VersionRequest(version="v1"))
@@ -84,6 +95,28 @@ class GrpcCRI:
             self._rt.PodSandboxStatus, api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)
         )
         return resp.status
+
+    async def list_pod_sandbox_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        req = api_pb2.ListPodSandboxStatsRequest()
+        if labels:
+            req.filter.label_selector.update(labels)
+        resp = await self._call(self._rt.ListPodSandboxStats, req, timeout_s=30)
+        return list(resp.stats)
+
+    async def pod_sandbox_stats(self, sandbox_id: str) -> Any:
+        resp = await self._call(
+            self._rt.PodSandboxStats,
+            api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
+            timeout_s=30,
+        )
+        return resp.stats
+
+    async def list_container_stats(self, labels: dict[str, str] | None = None) -> list[Any]:
+        req = api_pb2.ListContainerStatsRequest()
+        if labels:
+            req.filter.label_selector.update(labels)
+        resp = await self._call(self._rt.ListContainerStats, req, timeout_s=30)
+        return list(resp.stats)
 
     async def list_pod_sandbox(self, labels: dict[str, str] | None = None) -> list[Any]:
         req = api_pb2.ListPodSandboxRequest()

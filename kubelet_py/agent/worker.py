@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2
 
+import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError
 from kubelet_py.agent.cri_client import CRIError, CRIRuntime
 from kubelet_py.agent.criconfig import POD_UID, container_config, expand, sandbox_config
@@ -154,6 +155,9 @@ class PodWorker:
         self.state = PodLifecycle.SYNCING
         self.wake = asyncio.Event()
         self.removed = False
+        self.first_seen = time.monotonic()
+        self.start_recorded = False
+        self.sync_kind = "create"  # pod_worker_duration_seconds' operation_type
         self.waiting: dict[str, tuple[str, str]] = {}
         self.image_backoff = Backoff(initial_s=10, max_s=300)
         self.probes: dict[tuple[str, str], ProbeState] = {}
@@ -175,6 +179,8 @@ class PodWorker:
 
     def update(self, pod: Pod) -> None:
         self.pod = pod
+        if self.sync_kind == "sync":
+            self.sync_kind = "update"
         self.wake.set()
 
     def remove(self) -> None:
@@ -185,6 +191,8 @@ class PodWorker:
         while self.state != PodLifecycle.TERMINATED:
             self.wake.clear()
             delay = 10.0
+            kind, self.sync_kind = self.sync_kind, "sync"
+            started = time.monotonic()
             try:
                 delay = await self.sync_once()
             except asyncio.CancelledError:
@@ -193,6 +201,7 @@ class PodWorker:
                 log.exception("sync of pod %s failed", self.pod.full_name)
                 self.events.emit(self.pod, "Warning", "FailedSync", f"error syncing pod: {err}")
                 delay = 5.0
+            metrics.pod_worker_duration.observe(time.monotonic() - started, kind)
             if self.finished:
                 break
             try:
@@ -323,6 +332,7 @@ class PodWorker:
                     pod, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {err}"
                 )
                 raise
+            metrics.started_pods.inc()
             status = await self.cri.pod_sandbox_status(sid)
             self.pod_ip = status.network.ip
             obs = await observe(self.cri, pod.uid)
@@ -485,6 +495,9 @@ class PodWorker:
             self.events.emit(pod, "Warning", "Failed", f"Error: {err}", field_path=field_path)
             return False
         self.waiting.pop(c.name, None)
+        metrics.started_containers.inc(
+            "init_container" if any(i.name == c.name for i in pod.init_containers) else "container"
+        )
         self.events.emit(
             pod, "Normal", "Started", f"Started container {c.name}", field_path=field_path
         )
@@ -657,6 +670,9 @@ class PodWorker:
             now=rfc3339(time.time_ns()) or "",
             previous_conditions=prev_conditions,
         )
+        if not self.start_recorded and status.get("phase") == "Running":
+            self.start_recorded = True
+            metrics.pod_start_duration.observe(time.monotonic() - self.first_seen)
         if status == self.last_status:
             return
         await self._patch_status(status)

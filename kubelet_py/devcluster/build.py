@@ -277,6 +277,13 @@ HELM_VERSION = "v3.22.0"
 
 GO_TOOLS: Mapping[str, tuple[str, str, str]] = {
     # name: (package, version, ldflags)
+    # v0.9.0 is built against k8s.io v0.36 (client-go within one minor of v1.37's apiserver)
+    "metrics-server": (
+        "sigs.k8s.io/metrics-server/cmd/metrics-server",
+        "v0.9.0",
+        "-s -w -X k8s.io/client-go/pkg/version.gitVersion=v0.9.0"
+        " -X k8s.io/client-go/pkg/version.gitTreeState=clean",
+    ),
     "crictl": (
         "sigs.k8s.io/cri-tools/cmd/crictl",
         "v1.37.0",

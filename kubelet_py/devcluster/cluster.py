@@ -390,6 +390,11 @@ class LocalCluster:
             timeout=120,
         )
 
+    def launch(self, name: str, argv: Sequence[str]) -> Component:
+        """Start one more process in the lab namespace (an add-on such as metrics-server);
+        it is stopped, by PID, with the control plane."""
+        return self._launch(name, argv)
+
     # ---- internals -------------------------------------------------------------
 
     def _launch(self, name: str, argv: Sequence[str]) -> Component:
@@ -518,6 +523,9 @@ class LocalCluster:
             "--requestheader-username-headers=X-Remote-User",
             f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
             f"--proxy-client-key-file={pki.key('front-proxy-client')}",
+            # aggregated APIs (metrics-server) are dialled at their endpoints, not the
+            # service IP: there is no kube-proxy in the lab
+            "--enable-aggregator-routing=true",
             "--profiling=false",
             "--v=1",
         ]

@@ -33,6 +33,14 @@ _TS_RE = re.compile(
     rb"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
 )
 
+# The header of a full record in either stream, for the fast path of LineAssembler:
+# "<RFC 3339 time> <stdout|stderr> F[:<more tags>] " at the start of a line.
+_FULL_HEADER_RE = re.compile(
+    rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d) "
+    rb"(?:stdout|stderr) F(?::[^ \n]*)? ",
+    re.MULTILINE,
+)
+
 DECODE_ERROR = '{"message": "Unable to decode query."}'
 INVALID_ERROR = '{"message": "Invalid request."}'
 
@@ -227,6 +235,20 @@ class LineAssembler:
         ts, buf = self._pending.pop(rec.stream, (rec.ts_ns, bytearray()))
         return self._render(ts, bytes(buf) + rec.text + (b"\n" if ended else b""))
 
+    def feed_block(self, block: bytes) -> bytes:
+        """Whole lines (`block` ends with a newline) rendered; the same as `feed` per line.
+
+        The common case, every record full and no timestamps, stream or time filter to
+        apply, is one regex substitution over the block that strips the headers (at C
+        speed); if any line is not such a record, the block goes line by line.
+        """
+        o = self.opts
+        if not self._pending and not o.timestamps and o.since_ns is None and o.streams == STREAMS:
+            out, n = _FULL_HEADER_RE.subn(b"", block)
+            if n == block.count(b"\n"):
+                return out
+        return b"".join(self.feed(line) for line in block[:-1].split(b"\n"))
+
     def flush(self) -> bytes:
         """Whatever partial text is left (the stream ended without finishing its line)."""
         pending = sorted(self._pending.values(), key=lambda p: p[0])
@@ -301,8 +323,9 @@ async def stream_log(
             chunk = await asyncio.to_thread(f.read, BLOCK)
             if chunk:
                 data = carry + chunk
-                *complete, carry = data.split(b"\n")
-                if not await send(b"".join(lines.feed(line) for line in complete)):
+                cut = data.rfind(b"\n") + 1
+                block, carry = data[:cut], data[cut:]
+                if block and not await send(lines.feed_block(block)):
                     return
                 continue
             # end of file for now

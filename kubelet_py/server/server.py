@@ -3,6 +3,10 @@
     kubectl logs ──▶ kube-apiserver ──(kubelet client cert)──▶ https://<node IP>:10250
         /containerLogs/{ns}/{pod}/{container}   CRI log files, streamed (logs.py)
         /pods                                   the pods this node runs (PodList)
+        /stats/summary                          node, pod and container usage (kubelet_py.stats)
+        /metrics                                the agent's own metrics (Prometheus text)
+        /metrics/resource                       what metrics-server scrapes
+        /metrics/cadvisor                       per-container usage, cAdvisor's names (a subset)
         /healthz                                ping, log, syncloop
         /configz                                {"kubeletconfig": <the agent's config>}
         /exec/{ns}/{pod}/{container}            kubectl exec  ┐ CRI Exec/Attach/PortForward give
@@ -29,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import grpc
 from aiohttp import web
@@ -68,6 +72,14 @@ _ALIVE_STATES = (
 STARTUP_GRACE_S = 120.0
 
 
+class StatsSource(Protocol):
+    """What /stats/summary and /metrics/* need (kubelet_py.stats.SummaryProvider)."""
+
+    async def summary(
+        self, *, cpu_and_memory_only: bool = False, times: dict[str, int] | None = None
+    ) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class KubeletHost:
     """What the API needs from the node agent (narrow on purpose)."""
@@ -86,10 +98,25 @@ class KubeletHost:
     """Set once the agent has synced its pod sources and runs its loops."""
     configz: Callable[[], Any]
     """The agent's configuration (a dataclass), for /configz."""
+    stats: StatsSource | None = None
+    """Usage figures for /stats/summary and /metrics/resource."""
+    metrics: Callable[[], Awaitable[str]] | None = None
+    """The agent's own metrics in Prometheus text format, for /metrics."""
 
 
 def _text(status: int, body: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/plain")
+
+
+def _compact_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _prometheus(text: str) -> web.Response:
+    resp = web.Response(body=text.encode())
+    resp.content_type = "text/plain"
+    resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return resp
 
 
 def _camel(name: str) -> str:
@@ -176,6 +203,11 @@ class KubeletServer:
         app.router.add_get("/pods", self.pods)
         app.router.add_get("/pods/", self.pods)
         app.router.add_get("/configz", self.configz)
+        app.router.add_get("/stats/summary", self.stats_summary)
+        app.router.add_post("/stats/summary", self.stats_summary)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics/resource", self.metrics_resource)
+        app.router.add_get("/metrics/cadvisor", self.metrics_cadvisor)
         for verb in ("GET", "POST"):
             for path in ("{pod}/{container}", "{pod}/{uid}/{container}"):
                 app.router.add_route(verb, f"/exec/{{namespace}}/{path}", self.exec)
@@ -316,6 +348,50 @@ class KubeletServer:
             **config_json(self.host.configz()),
         }
         return web.json_response({"kubeletconfig": cfg})
+
+    # ---- stats and metrics ----------------------------------------------------------------------
+
+    async def stats_summary(self, request: web.Request) -> web.Response:
+        """GET /stats/summary[?only_cpu_and_memory=true]: the stats/v1alpha1 Summary."""
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        only = request.query.get("only_cpu_and_memory", "").lower() == "true"
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=only)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            log.warning("stats summary failed: %s", err)
+            return _text(500, f"Internal Error: failed to get node info: {err}")
+        return web.json_response(summary, dumps=_compact_json)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.host.metrics is None:
+            return _text(404, "404 page not found\n")
+        return _prometheus(await self.host.metrics())
+
+    async def metrics_resource(self, request: web.Request) -> web.Response:
+        from kubelet_py.metrics.resource import resource_metrics_text  # only this handler needs it
+
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(cpu_and_memory_only=True, times=times)
+        except Exception as err:  # noqa: BLE001 - reported as resource_scrape_error 1
+            log.warning("resource metrics: stats summary failed: %s", err)
+            return _prometheus(resource_metrics_text(None))
+        return _prometheus(resource_metrics_text(summary, at_ns=times))
+
+    async def metrics_cadvisor(self, request: web.Request) -> web.Response:
+        from kubelet_py.metrics.cadvisor import cadvisor_metrics_text  # only this handler needs it
+
+        if self.host.stats is None:
+            return _text(404, "404 page not found\n")
+        times: dict[str, int] = {}
+        try:
+            summary = await self.host.stats.summary(times=times)
+        except Exception as err:  # noqa: BLE001 - any failure is this request's 500
+            return _text(500, f"Internal Error: {err}")
+        return _prometheus(cadvisor_metrics_text(summary, at_ns=times))
 
     def _find_pod(self, namespace: str, name: str) -> Pod | None:
         found = [p for p in self.host.pods() if p.namespace == namespace and p.name == name]
