@@ -27,6 +27,7 @@ SubjectAccessReviews: the HTTPS API is then served only with --client-ca-file (o
 
 import asyncio
 import dataclasses
+import json
 import logging
 import ssl
 import time
