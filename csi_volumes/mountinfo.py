@@ -2,7 +2,10 @@
 
 `parse_mountinfo` is pure (the format of proc(5) /proc/<pid>/mountinfo); `mounts()` reads
 this process's table. `probe_health` tells a live mount from a dead FUSE mount, whose
-daemon is gone: stat(2) then fails with ENOTCONN ("Transport endpoint is not connected").
+daemon is gone: statfs(2) then fails with ENOTCONN ("Transport endpoint is not connected").
+statfs, not stat: the kernel may answer stat of a FUSE root from its attribute cache
+after the daemon died, while statfs always asks the daemon (which answers it locally,
+without a trip to S3).
 """
 
 import errno
@@ -85,7 +88,7 @@ class Health(StrEnum):
 def probe_health(path: Path) -> tuple[Health, str]:
     """Blocking: a FUSE stat can wait on its daemon, so call this from a thread."""
     try:
-        path.stat()
+        os.statvfs(path)
     except OSError as err:
         if err.errno == errno.ENOTCONN:
             return Health.DEAD, f"{path}: {os.strerror(err.errno)}"

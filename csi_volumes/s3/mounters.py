@@ -24,6 +24,7 @@ class MountCommand:
     files: dict[Path, str] = field(default_factory=dict)  # written 0600 before argv runs
     fstype: str = ""  # what /proc/self/mountinfo shows once mounted
     log_file: Path | None = None
+    rc_socket: Path | None = None  # rclone's remote control, to see pending uploads
 
 
 def _s3fs(
@@ -118,6 +119,14 @@ def _rclone(
         {CacheMode.NONE: "off", CacheMode.WRITES: "writes", CacheMode.FULL: "full"}[options.cache],
         "--cache-dir",
         str(work_dir / "cache"),
+        # upload a closed file at once, and let unstage ask (vfs/stats over this socket)
+        # whether uploads are pending before it unmounts: rclone drops them on unmount
+        "--vfs-write-back",
+        "0s",
+        "--rc",
+        "--rc-no-auth",
+        "--rc-addr",
+        f"unix://{work_dir / 'rc.sock'}",
     ]
     if options.uid is not None:
         argv += ["--uid", str(options.uid)]
@@ -127,7 +136,13 @@ def _rclone(
         argv += ["--umask", f"{options.umask:04o}"]
     if read_only or options.read_only:
         argv.append("--read-only")
-    return MountCommand(argv=tuple(argv), files={config: text}, fstype="fuse.rclone", log_file=log)
+    return MountCommand(
+        argv=tuple(argv),
+        files={config: text},
+        fstype="fuse.rclone",
+        log_file=log,
+        rc_socket=work_dir / "rc.sock",
+    )
 
 
 def mount_command(

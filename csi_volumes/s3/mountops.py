@@ -5,6 +5,7 @@ output in a file, not a pipe: it daemonizes, and its daemon must neither hold ou
 open nor belong to our process group, so killing the driver leaves the mount serving.
 """
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -99,3 +100,63 @@ def unmount_all(path: Path, *, lazy: bool = False) -> None:
             return
         unmount(path, lazy=lazy)
     raise MountError(f"{path} is still mounted after 16 unmounts")
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """PIDs of s3fs/rclone daemons serving `mountpoint` (their argv names it)."""
+    wanted = str(mountpoint).encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in argv and Path(argv[0].decode(errors="replace")).name in ("s3fs", "rclone"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_exit(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait for processes (not our children) to end; returns those still running."""
+    deadline = time.monotonic() + timeout_s
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if Path(f"/proc/{p}").exists()]
+    return alive
+
+
+def wait_rclone_uploads(rc_socket: Path, timeout_s: float) -> None:
+    """Wait until rclone's VFS has no queued or running uploads (asked over its rc socket)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc = subprocess.run(
+            ["rclone", "rc", "--unix-socket", str(rc_socket), "vfs/stats"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise MountError(f"rclone rc vfs/stats on {rc_socket} failed: {proc.stderr.strip()}")
+        cache = json.loads(proc.stdout).get("diskCache") or {}
+        if not cache.get("uploadsInProgress") and not cache.get("uploadsQueued"):
+            return
+        time.sleep(0.2)
+    raise MountError(f"rclone still has uploads pending after {timeout_s:.0f} s ({rc_socket})")
+
+
+def unmount_fuse(
+    mountpoint: Path, *, rc_socket: Path | None = None, timeout_s: float = 120.0
+) -> None:
+    """Unmount a FUSE mount once its data is in S3, and wait for its daemon to end, so
+    what was written before unstage is in S3 when unstage returns."""
+    pids = daemon_pids(mountpoint)
+    if rc_socket is not None and rc_socket.exists() and pids:
+        wait_rclone_uploads(rc_socket, timeout_s)
+    unmount_all(mountpoint)
+    alive = wait_exit(pids, timeout_s)
+    if alive:
+        raise MountError(
+            f"FUSE daemon(s) {alive} of {mountpoint} still running {timeout_s:.0f} s after unmount"
+        )

@@ -119,6 +119,7 @@ class S3Node:
         self.config = config
         self.state = StateStore(config.state_dir)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._busy: set[str] = set()  # volumes an RPC is at work on
 
     def _event(self, reason: str, volume_id: str, message: str, *, warning: bool = True) -> None:
         csi_event(
@@ -132,11 +133,16 @@ class S3Node:
     # -- locking: one operation per volume at a time (spec: ABORTED when one is pending) --
 
     async def _exclusive(self, volume_id: str, fn: Callable[[], Awaitable[T]]) -> T:
-        lock = self._locks.setdefault(volume_id, asyncio.Lock())
-        if lock.locked():
+        """Run one RPC on a volume: ABORTED if another RPC is at work on it (the spec's
+        answer); a background health check in progress is waited for instead."""
+        if volume_id in self._busy:
             raise CsiCallError(Code.ABORTED, f"an operation is pending for volume {volume_id}")
-        async with lock:
-            return await fn()
+        self._busy.add(volume_id)
+        try:
+            async with self._locks.setdefault(volume_id, asyncio.Lock()):
+                return await fn()
+        finally:
+            self._busy.discard(volume_id)
 
     # -- mounting --
 
@@ -309,7 +315,8 @@ class S3Node:
                 raise not_found(
                     f"volume {req.volume_id} is staged at {existing.staging_path}, not {staging}"
                 )
-            await asyncio.to_thread(mountops.unmount_all, staging)
+            rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
+            await asyncio.to_thread(mountops.unmount_fuse, staging, rc_socket=rc_socket)
             self.state.forget(req.volume_id)
             log.info("unstaged %s from %s", req.volume_id, staging)
             return csi_pb2.NodeUnstageVolumeResponse()

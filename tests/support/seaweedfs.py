@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import botocore.config
+import botocore.exceptions
 
 ACCESS_KEY = "csitestaccess"
 SECRET_KEY = "csitestsecret0123456789"
@@ -101,7 +102,11 @@ class SeaweedS3:
             try:
                 self.client().list_buckets()
                 # the filer/volume layer answers writes a little after S3 answers lists
-                self.client().create_bucket(Bucket="csi-readiness")
+                try:
+                    self.client().create_bucket(Bucket="csi-readiness")
+                except botocore.exceptions.ClientError as err:
+                    if err.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                        raise  # otherwise: a restart on the same data
                 self.client().put_object(Bucket="csi-readiness", Key="k", Body=b"x")
                 return
             except Exception as err:

@@ -4,6 +4,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+import pytest
+
 from csi_volumes.api.csi.v1 import csi_pb2
 from tests.integration.csi.conftest import CsiClient, Driver, mount_cap
 from tests.support.seaweedfs import SeaweedS3
@@ -145,3 +148,226 @@ def test_bucket_volume_written_on_one_node_read_on_another(
     delete(node1, seaweed, vol)
     delete(node1, seaweed, vol)  # idempotent
     assert vol.volume_id not in [b["Name"] for b in seaweed.client().list_buckets()["Buckets"]]
+
+
+def test_prefix_volume_shared_by_two_publishes_and_read_only(
+    seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
+) -> None:
+    """A prefix volume in a shared bucket: two publishes share writes, a read-only one refuses them."""
+    client = make_driver("node1").client
+    assert client is not None
+    shared = unique("shared")
+    seaweed.client().create_bucket(Bucket=shared)
+    vol = create(client, seaweed, unique("pvc"), bucket=shared, uid="1234", gid="2345", umask="022")
+    assert vol.volume_id.startswith(f"{shared}/")
+    assert vol.volume_context["layout"] == "prefix"
+    staging, a, b, ro = (csi_root / n for n in ("staging", "pod-a", "pod-b", "pod-ro"))
+    staging.mkdir()
+    stage(client, seaweed, vol, staging)
+    publish(client, vol, staging, a)
+    publish(client, vol, staging, b)
+    publish(client, vol, staging, ro, readonly=True)
+    (a / "from-a.txt").write_text("a wrote this")
+    assert (b / "from-a.txt").read_text() == "a wrote this"
+    (b / "from-b.txt").write_text("b wrote this")
+    assert sorted(p.name for p in a.iterdir()) == ["from-a.txt", "from-b.txt"]
+    st = (a / "from-a.txt").stat()
+    assert (st.st_uid, st.st_gid) == (1234, 2345)
+    assert (ro / "from-b.txt").read_text() == "b wrote this"
+    with pytest.raises(OSError, match="Read-only file system"):
+        (ro / "nope.txt").write_text("x")
+    # the same target again with another read-only flag is incompatible
+    with pytest.raises(grpc.RpcError) as err:
+        publish(client, vol, staging, ro, readonly=False)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    for t in (a, b, ro):
+        unpublish(client, vol, t)
+    unstage(client, vol, staging)
+    keys = [o["Key"] for o in seaweed.client().list_objects_v2(Bucket=shared).get("Contents", [])]
+    prefix = vol.volume_id.split("/", 1)[1]
+    assert f"{prefix}/from-a.txt" in keys
+    delete(client, seaweed, vol)
+    keys = [o["Key"] for o in seaweed.client().list_objects_v2(Bucket=shared).get("Contents", [])]
+    assert not [k for k in keys if k.startswith(f"{prefix}/")]
+    assert shared in [x["Name"] for x in seaweed.client().list_buckets()["Buckets"]]
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()  # type: ignore[no-any-return]
+
+
+def test_spec_error_codes(
+    seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
+) -> None:
+    """Missing fields, unsupported capabilities and unknown volumes get the spec's codes."""
+    client = make_driver("node1").client
+    assert client is not None
+    ctl, node = client.controller, client.node
+    block = csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(),
+        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_WRITER),
+    )
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(
+            lambda: ctl.CreateVolume(
+                csi_pb2.CreateVolumeRequest(
+                    volume_capabilities=[mount_cap()], secrets=seaweed.secrets()
+                )
+            )
+        )
+        == invalid
+    )
+    assert (
+        code_of(
+            lambda: ctl.CreateVolume(
+                csi_pb2.CreateVolumeRequest(name="x", secrets=seaweed.secrets())
+            )
+        )
+        == invalid
+    )
+    assert (
+        code_of(
+            lambda: ctl.CreateVolume(
+                csi_pb2.CreateVolumeRequest(
+                    name="x", volume_capabilities=[block], secrets=seaweed.secrets()
+                )
+            )
+        )
+        == invalid
+    )
+    assert (
+        code_of(
+            lambda: ctl.CreateVolume(
+                csi_pb2.CreateVolumeRequest(name="x", volume_capabilities=[mount_cap()])
+            )
+        )
+        == invalid
+    )
+    name = unique("pvc")
+    vol = create(client, seaweed, name)
+    assert create(client, seaweed, name).volume_id == vol.volume_id  # idempotent
+    ok = ctl.ValidateVolumeCapabilities(
+        csi_pb2.ValidateVolumeCapabilitiesRequest(
+            volume_id=vol.volume_id, volume_capabilities=[mount_cap()], secrets=seaweed.secrets()
+        )
+    )
+    assert ok.confirmed.volume_capabilities[0].HasField("mount")
+    not_ok = ctl.ValidateVolumeCapabilities(
+        csi_pb2.ValidateVolumeCapabilitiesRequest(
+            volume_id=vol.volume_id, volume_capabilities=[block], secrets=seaweed.secrets()
+        )
+    )
+    assert not not_ok.HasField("confirmed") and "block" in not_ok.message
+    missing = grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(
+            lambda: ctl.ValidateVolumeCapabilities(
+                csi_pb2.ValidateVolumeCapabilitiesRequest(
+                    volume_id=unique("gone"),
+                    volume_capabilities=[mount_cap()],
+                    secrets=seaweed.secrets(),
+                )
+            )
+        )
+        == missing
+    )
+    ctl.DeleteVolume(
+        csi_pb2.DeleteVolumeRequest(volume_id=unique("never-existed"), secrets=seaweed.secrets())
+    )
+    staging, target = csi_root / "staging", csi_root / "target"
+    staging.mkdir()
+    assert (
+        code_of(
+            lambda: node.NodeStageVolume(
+                csi_pb2.NodeStageVolumeRequest(
+                    volume_id=vol.volume_id,
+                    volume_capability=mount_cap(),
+                    secrets=seaweed.secrets(),
+                )
+            )
+        )
+        == invalid
+    )
+    assert (
+        code_of(
+            lambda: node.NodeStageVolume(
+                csi_pb2.NodeStageVolumeRequest(
+                    volume_id=vol.volume_id,
+                    staging_target_path=str(staging),
+                    secrets=seaweed.secrets(),
+                )
+            )
+        )
+        == invalid
+    )
+    assert (
+        code_of(
+            lambda: node.NodeStageVolume(
+                csi_pb2.NodeStageVolumeRequest(
+                    volume_id=vol.volume_id,
+                    staging_target_path=str(staging),
+                    volume_capability=block,
+                    secrets=seaweed.secrets(),
+                )
+            )
+        )
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        code_of(
+            lambda: stage(
+                client, seaweed, csi_pb2.Volume(volume_id=unique("no-such-bucket")), staging
+            )
+        )
+        == missing
+    )
+    # publish before stage, and without a staging path
+    assert (
+        code_of(lambda: publish(client, vol, staging, target))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        code_of(
+            lambda: node.NodePublishVolume(
+                csi_pb2.NodePublishVolumeRequest(
+                    volume_id=vol.volume_id, target_path=str(target), volume_capability=mount_cap()
+                )
+            )
+        )
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        code_of(
+            lambda: node.NodeGetVolumeStats(
+                csi_pb2.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(target))
+            )
+        )
+        == missing
+    )
+    # unpublish / unstage of what is not there are successes (idempotent)
+    unpublish(client, vol, target)
+    unstage(client, vol, staging)
+    delete(client, seaweed, vol)
+
+
+def test_wrong_credentials_report_the_s3_error(
+    seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
+) -> None:
+    """A wrong secret key fails NodeStageVolume with UNAUTHENTICATED and S3's error code."""
+    client = make_driver("node1").client
+    assert client is not None
+    vol = create(client, seaweed, unique("pvc"))
+    staging = csi_root / "staging"
+    staging.mkdir()
+    with pytest.raises(grpc.RpcError) as err:
+        stage(client, seaweed, vol, staging, secrets=seaweed.secrets(secret_key="wrong-secret-key"))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "SignatureDoesNotMatch" in (err.value.details() or "")
+    assert vol.volume_id in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:
+        create(client, seaweed, unique("pvc"), layout="bogus")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    delete(client, seaweed, vol)
