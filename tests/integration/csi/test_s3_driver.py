@@ -153,7 +153,7 @@ def test_bucket_volume_written_on_one_node_read_on_another(
 def test_prefix_volume_shared_by_two_publishes_and_read_only(
     seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
 ) -> None:
-    """A prefix volume in a shared bucket: two publishes share writes, a read-only one refuses them."""
+    """A prefix volume: two publishes share writes, a read-only publish refuses them."""
     client = make_driver("node1").client
     assert client is not None
     shared = unique("shared")

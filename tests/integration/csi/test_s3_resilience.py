@@ -69,7 +69,7 @@ def own_seaweed(require_root: None, tmp_path: Path) -> Iterator[SeaweedS3]:
 def test_s3_outage_gives_io_errors_then_recovers(
     own_seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
 ) -> None:
-    """With S3 stopped, writes fail with an I/O error in bounded time; they work again once it returns."""
+    """With S3 stopped, writes fail with an I/O error in bounded time; then recover."""
     client = make_driver("node1").client
     assert client is not None
     vol = create(client, own_seaweed, unique("pvc"))
@@ -109,7 +109,7 @@ def test_s3_outage_gives_io_errors_then_recovers(
 def test_driver_killed_and_restarted_while_mounted(
     seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
 ) -> None:
-    """kill -9 of the driver leaves the mount serving; the restarted driver re-adopts it from disk."""
+    """kill -9 of the driver leaves the mount serving; a restarted driver re-adopts it."""
     driver = make_driver("node1")
     client = driver.client
     assert client is not None
@@ -146,7 +146,7 @@ def test_driver_killed_and_restarted_while_mounted(
 def test_killed_fuse_daemon_is_detected_and_remounted(
     seaweed: SeaweedS3, make_driver: Callable[..., Driver], csi_root: Path
 ) -> None:
-    """A dead FUSE mount (ENOTCONN) is remounted by the periodic check and by NodeGetVolumeStats, with events."""
+    """A dead FUSE mount is remounted by the periodic check and by NodeGetVolumeStats."""
     driver = make_driver("node1", health_interval_s=1.0)
     client = driver.client
     assert client is not None
