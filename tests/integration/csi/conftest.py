@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -63,7 +64,15 @@ def mount_cap(
 class Driver:
     """`kubelet-py-csi s3` as a separate process, killable and restartable."""
 
-    def __init__(self, root: Path, node_id: str, *, health_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        node_id: str,
+        *,
+        health_interval_s: float = 1.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.extra_args = extra_args
         self.root = root
         self.node_id = node_id
         self.socket = root / f"{node_id}.sock"
@@ -80,6 +89,7 @@ class Driver:
             "--endpoint", f"unix://{self.socket}", "--node-id", self.node_id,
             "--state-dir", str(self.state_dir),
             "--health-interval-s", str(self.health_interval_s),
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -157,7 +167,7 @@ def make_driver(csi_root: Path) -> Iterator[Callable[..., Driver]]:
     """Start a driver process for a node id in this test's directory; all stopped after."""
     started: list[Driver] = []
 
-    def make(node_id: str, **kwargs: float) -> Driver:
+    def make(node_id: str, **kwargs: Any) -> Driver:
         d = Driver(csi_root, node_id, **kwargs)
         started.append(d)
         d.start()

@@ -1,5 +1,6 @@
 """The S3 CSI driver driven over gRPC as a CO would, against a real SeaweedFS."""
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -8,6 +9,7 @@ import grpc
 import pytest
 
 from csi_volumes.api.csi.v1 import csi_pb2
+from csi_volumes.registration import PluginInfo, get_plugin_info, notify_registration_status
 from tests.integration.csi.conftest import CsiClient, Driver, mount_cap
 from tests.support.seaweedfs import SeaweedS3
 
@@ -371,3 +373,30 @@ def test_wrong_credentials_report_the_s3_error(
         create(client, seaweed, unique("pvc"), layout="bogus")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     delete(client, seaweed, vol)
+
+
+def test_registration_socket_answers_the_kubelet(
+    make_driver: Callable[..., Driver], csi_root: Path
+) -> None:
+    """--registration-dir serves pluginregistration.v1 as node-driver-registrar does."""
+    registry = csi_root / "plugins_registry"
+    driver = make_driver("node1", extra_args=("--registration-dir", str(registry)))
+    sock = registry / "s3.csi.kubelet-py.io-reg.sock"
+
+    async def talk() -> PluginInfo:
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        info = await get_plugin_info(sock)
+        await notify_registration_status(sock, registered=True)
+        return info
+
+    info = asyncio.run(talk())
+    assert info == PluginInfo(
+        type="CSIPlugin",
+        name="s3.csi.kubelet-py.io",
+        endpoint=str(driver.socket),
+        supported_versions=("1.0.0",),
+    )
+    assert "registered with the kubelet" in driver.log_path.read_text()
