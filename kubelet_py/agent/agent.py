@@ -19,6 +19,7 @@ from typing import Any
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
+from kubelet_py.agent.csi import CsiVolumes
 from kubelet_py.agent.events import EventRecorder
 from kubelet_py.agent.model import Pod
 from kubelet_py.agent.node import NodeManager, NodeSettings
@@ -50,6 +51,7 @@ class AgentConfig:
     plain_http_registries: tuple[str, ...] = ()
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
+    plugins_registry: Path | None = None  # CSI plugin registration dir; <root>/plugins_registry
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -81,6 +83,14 @@ class Agent:
         self.cri = GrpcCRI(str(config.cri_socket))
         self.events = EventRecorder(self.api, node_name=config.node_name)
         self.volumes = VolumeManager(config.root, api=self.api, node_name=config.node_name)
+        self.csi = CsiVolumes(
+            config.root,
+            node_name=config.node_name,
+            api=self.api,
+            registration_dir=config.plugins_registry,
+            active_pods=lambda: set(self.workers),
+        )
+        self.volumes.external = self.csi
         self.backoff = Backoff()
         self.node_ctx = NodeContext(
             node_name=config.node_name,
@@ -319,6 +329,7 @@ class Agent:
                         remove=self.remove,
                     )
                     tg.create_task(api_source.run(), name="source-api")
+                tg.create_task(self.csi.run(), name="csi-plugins")
                 if self.config.static_pod_path is not None:
                     static = StaticPodSource(
                         self.config.static_pod_path,
@@ -338,6 +349,7 @@ class Agent:
                 if api_source is not None:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
+                self.csi.sweeping = True  # every running pod has its worker now
                 tg.create_task(self._pleg(), name="pleg")
                 self.ready.set()
                 log.info(
@@ -348,6 +360,7 @@ class Agent:
         finally:
             self._tg = None
             await self.events.drain()
+            await self.csi.close()
             if self.api is not None:
                 await self.api.close()
             await self.cri.close()

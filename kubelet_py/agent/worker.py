@@ -724,6 +724,7 @@ class PodWorker:
         for sid in (final.sandbox_id, *final.stale_sandboxes):
             if sid:
                 await self.cri.remove_pod_sandbox(sid)
+        await self.volumes.release(pod.uid)
         self.volumes.cleanup(pod.uid)
         self.backoff.forget(f"{pod.uid}/")
         if pod.terminating and self.api is not None and not pod.static:
