@@ -285,9 +285,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def publish_records(root: Path) -> list[PublishRecord]:
+def publish_records(root: Path, pod_uid: str = "*") -> list[PublishRecord]:
+    """The publish records of one pod, or of every pod."""
     out = []
-    for p in sorted((root / "pods").glob(f"*/volumes/{CSI_DIR}/*/vol_data.json")):
+    for p in sorted((root / "pods").glob(f"{pod_uid}/volumes/{CSI_DIR}/*/vol_data.json")):
         doc = _read_json(p)
         if doc is not None:
             with contextlib.suppress(TypeError):
@@ -715,9 +716,7 @@ class CsiVolumes:
 
     async def release(self, pod_uid: str) -> None:
         """NodeUnpublish every CSI volume of the pod; NodeUnstage those no pod uses any more."""
-        records = [
-            r for r in await asyncio.to_thread(publish_records, self.root) if r.pod_uid == pod_uid
-        ]
+        records = await asyncio.to_thread(publish_records, self.root, pod_uid)
         for rec in records:
             await self._unpublish(rec)
         for key in [k for k in self._backoff if k[0] == pod_uid]:

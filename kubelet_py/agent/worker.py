@@ -161,6 +161,7 @@ class PodWorker:
         self.start_time: str | None = None
         self.init_failed = False
         self.volume_paths: dict[str, Path] | None = None
+        self.released = False  # CSI volumes given back after the pod finished
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
 
@@ -254,6 +255,10 @@ class PodWorker:
                 msg = f"Back-off restarting failed container {name} in pod {pod_ref}"
                 self.events.emit(pod, "Warning", "BackOff", msg)
         await self._report(obs)
+        if (self.last_status or {}).get("phase") in ("Succeeded", "Failed") and not self.released:
+            # a finished pod keeps no driver mounts (the kubelet unmounts terminal pods' volumes)
+            await self.volumes.release(pod.uid)
+            self.released = True
         waits = [left for _, left in actions.backoff]
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):

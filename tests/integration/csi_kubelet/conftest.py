@@ -227,29 +227,47 @@ def csi_env(
         env = CsiEnv(cluster, admin_api, seaweed, run_dir, nodes, namespace, storage_class, secret)
         yield env
     finally:
-        if env is not None:
-            with contextlib.suppress(Exception):
-                delete_pods_and_wait(env, 60)
-        for node in nodes:
-            stop_agent(node.agent.proc)
-        for d in drivers:
-            d.kill()
-        if provisioner is not None:
-            provisioner.send_signal(signal.SIGTERM)
+        # every step runs even if an earlier one fails; the first failure is raised at the end
+        errors: list[BaseException] = []
+
+        def step(fn: Callable[..., object], *args: object) -> None:
             try:
-                provisioner.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                provisioner.kill()
-                provisioner.wait()
-        cleanup_mounts(run_dir)
-        for pid in fuse_daemons_under(run_dir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _cleanup_api(core, storage, namespace, storage_class, [n.name for n in nodes])
+                fn(*args)
+            except Exception as err:
+                errors.append(err)
+
+        if env is not None:
+            step(delete_pods_and_wait, env, 60)
         for node in nodes:
-            cluster.netlab.remove_node(node.name)
-        seaweed.stop()
+            step(stop_agent, node.agent.proc)
+        for d in drivers:
+            step(d.kill)
+        if provisioner is not None:
+            step(_stop_process, provisioner)
+        step(cleanup_mounts, run_dir)
+        step(_kill_fuse, run_dir)
+        step(_cleanup_api, core, storage, namespace, storage_class, [n.name for n in nodes])
+        for node in nodes:
+            step(cluster.netlab.remove_node, node.name)
+        step(seaweed.stop)
         subprocess.run(["rm", "-rf", "--one-file-system", str(run_dir)], check=False)
+        if errors:
+            raise errors[0]
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _kill_fuse(run_dir: Path) -> None:
+    for pid in fuse_daemons_under(run_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _cleanup_api(
@@ -276,7 +294,8 @@ def _cleanup_api(
         storage.delete_csi_driver(DRIVER)
     for name in node_names:
         with contextlib.suppress(client.ApiException):
-            storage.delete_csi_node(name)
+            # raw: the Python client cannot parse a CSINode whose drivers are null
+            storage.delete_csi_node(name, _preload_content=False)
         with contextlib.suppress(client.ApiException):
             core.delete_node(name)
 
