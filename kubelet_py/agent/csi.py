@@ -326,8 +326,10 @@ class DriverClient:
 
 
 def _rpc_error(err: grpc.aio.AioRpcError) -> str:
+    """The way the kubelet prints a driver's error (Go's status: `code = Unauthenticated`)."""
     code = err.code()
-    return f"rpc error: code = {code.name if code else 'Unknown'} desc = {err.details()}"
+    name = "".join(w.capitalize() for w in code.name.split("_")) if code else "Unknown"
+    return f"rpc error: code = {name} desc = {err.details()}"
 
 
 @dataclass
@@ -618,7 +620,7 @@ class CsiVolumes:
 
     async def setup(self, pod: Pod, vol: Volume) -> Path:
         """Stage (once per node) and publish (per pod) one CSI volume; return the target."""
-        what = f"MountVolume.SetUp failed for volume {vol.name!r} of pod {pod.full_name}"
+        what = f'volume "{vol.name}" of pod {pod.full_name}'
         key = (pod.uid, vol.name)
         now = time.monotonic()
         until, delay, last = self._backoff.get(key, (0.0, 0.0, ""))
@@ -680,8 +682,8 @@ class CsiVolumes:
                         )
                     except grpc.aio.AioRpcError as err:
                         raise CsiVolumeError(
-                            f"{what}: MountVolume.MountDevice failed for volume"
-                            f" {spec.pv_name or spec.handle}: {_rpc_error(err)}"
+                            f'MountVolume.MountDevice failed for volume "{spec.pv_name}"'
+                            f" ({what}): {_rpc_error(err)}"
                         ) from err
             if str(target) in present and (vdir / "vol_data.json").exists():
                 return target  # published before (e.g. by the agent before a restart)
@@ -707,7 +709,9 @@ class CsiVolumes:
                     timeout=120,
                 )
             except grpc.aio.AioRpcError as err:
-                raise CsiVolumeError(f"{what}: {_rpc_error(err)}") from err
+                raise CsiVolumeError(
+                    f"MountVolume.SetUp failed for {what}: {_rpc_error(err)}"
+                ) from err
         policy = str(csidriver.get("fsGroupPolicy") or "ReadWriteOnceWithFSType")
         if apply_fs_group(policy, fs_group=pod.fs_group, spec=spec):
             assert pod.fs_group is not None

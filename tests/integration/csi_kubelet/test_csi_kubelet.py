@@ -119,7 +119,7 @@ def test_two_pods_share_a_read_write_many_volume(csi_env: CsiEnv) -> None:
 
 
 def test_wrong_credentials_are_a_failed_mount_event(csi_env: CsiEnv) -> None:
-    """A PV whose stage secret has a wrong key: FailedMount with S3's error; no container starts."""
+    """Wrong stage-secret key: FailedMount with S3's error, no container; fixed → a retry runs."""
     a = csi_env.nodes[0]
     core = csi_env.core
     bad = f"bad-{uuid.uuid4().hex[:6]}"
@@ -177,7 +177,7 @@ def test_wrong_credentials_are_a_failed_mount_event(csi_env: CsiEnv) -> None:
         ),
         60,
     )
-    pod = run_pod(csi_env, a, "echo should-not-run", claim)
+    pod = run_pod(csi_env, a, "echo should-not-run", claim)  # ...until the secret is fixed
 
     def failed_mounts() -> list[client.CoreV1Event]:
         events = core.list_namespaced_event(
@@ -189,12 +189,25 @@ def test_wrong_credentials_are_a_failed_mount_event(csi_env: CsiEnv) -> None:
     message = events[0].message
     assert events[0].type == "Warning"
     assert "SignatureDoesNotMatch" in message, message
-    assert "MountVolume" in message, message
+    assert "MountVolume.MountDevice failed" in message, message
+    assert "code = Unauthenticated" in message, message
     status = core.read_namespaced_pod(pod, csi_env.namespace).status
     assert status.phase == "Pending"
+    assert status.container_statuses[0].state.waiting.reason == "ContainerCreating"
     assert not a.agent.container_log(csi_env.namespace, pod, "c")
-    delete_pod(csi_env, a, pod)
     assert not _csi_mounts(csi_env, 0)
+    # the secret fixed: a later retry mounts and the pod runs
+    core.replace_namespaced_secret(
+        bad,
+        csi_env.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=bad), string_data=csi_env.seaweed.secrets()
+        ),
+    )
+    assert wait_phase(csi_env, a, pod, {"Succeeded", "Failed"}, 120) == "Succeeded"
+    assert "should-not-run" in a.agent.container_log(csi_env.namespace, pod, "c")
+    delete_pod(csi_env, a, pod)
+    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 0), 30, a.agent)
 
 
 def test_agent_kill9_keeps_the_pod_and_its_mount(csi_env: CsiEnv) -> None:
