@@ -317,3 +317,22 @@ def test_driver_socket_removed_unregisters_and_comes_back(csi_env: CsiEnv) -> No
         30,
         b.agent,
     )
+
+
+def test_pod_deleted_while_the_agent_is_down_is_unmounted_on_restart(csi_env: CsiEnv) -> None:
+    """Agent killed, its pod force-deleted meanwhile: the restarted agent unpublishes and
+    unstages from its records alone, and the FUSE daemon exits."""
+    a = csi_env.nodes[0]
+    claim = make_claim(csi_env)
+    pod = run_pod(csi_env, a, "while true; do sleep 1; done", claim, restart="Always")
+    wait_phase(csi_env, a, pod, {"Running"})
+    assert len(_targets(_csi_mounts(csi_env, 0))) == 1
+    os.kill(a.agent.proc.pid, signal.SIGKILL)
+    a.agent.proc.wait(timeout=10)
+    csi_env.core.delete_namespaced_pod(pod, csi_env.namespace, grace_period_seconds=0)
+    wait_phase(csi_env, a, pod, {"Gone"}, 30)
+    assert len(_targets(_csi_mounts(csi_env, 0))) == 1  # nobody has unmounted it yet
+    a.restart_agent(csi_env.cluster)
+    wait_for("the orphan's unpublish and unstage", lambda: not _csi_mounts(csi_env, 0), 60, a.agent)
+    wait_for("the FUSE daemon to exit", lambda: not fuse_daemons_under(a.root), 30, a.agent)
+    wait_for("node A Ready again", lambda: _ready(csi_env.core, a.name), 60, a.agent)
