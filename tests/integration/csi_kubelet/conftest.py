@@ -130,6 +130,15 @@ def csi_env(
 ) -> Iterator[CsiEnv]:
     """SeaweedFS, two agent nodes each with a registered S3 driver, the provisioner, and a
     StorageClass; everything (pods, mounts, FUSE daemons, processes, nodes) removed after."""
+    with csi_environment(cluster, admin_api, tmp_path_factory.mktemp("csik-images")) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def csi_environment(
+    cluster: LocalCluster, admin_api: client.ApiClient, images_dir: Path, *, node_count: int = 2
+) -> Iterator[CsiEnv]:
+    """What `csi_env` provides, as a context manager (bench/csi_kubelet.py uses it too)."""
     tag = uuid.uuid4().hex[:6]
     run_dir = Path(f"/tmp/kpy-csik-{tag}")
     run_dir.mkdir()
@@ -147,7 +156,7 @@ def csi_env(
             seaweed.start()
         except RuntimeError as err:
             pytest.fail(str(err))
-        builder = ImageBuilder(tmp_path_factory.mktemp("csik-images"))
+        builder = ImageBuilder(images_dir)
         with contextlib.suppress(client.ApiException):
             storage.delete_csi_driver(DRIVER)
         storage.create_csi_driver(
@@ -161,7 +170,7 @@ def csi_env(
                 ),
             )
         )
-        for suffix in ("a", "b"):
+        for suffix in "abcdefgh"[:node_count]:
             name = f"csik{suffix}-{tag}"
             root = run_dir / name
             (root / "manifests").mkdir(parents=True)
