@@ -388,16 +388,18 @@ class CsiVolumes:
         await asyncio.to_thread(os.chmod, self.registration_dir, 0o750)
         next_sweep = time.monotonic() + self.sweep_s
         while True:
+            # this loop outlives any one failure (API down, a driver misbehaving): it is
+            # the node's only plugin watcher, and the TaskGroup would end the agent
             try:
                 await self.scan_registrations()
-            except (OSError, ApiError) as err:
-                log.warning("plugin registration scan of %s failed: %s", self.registration_dir, err)
+            except Exception:
+                log.exception("plugin registration scan of %s failed", self.registration_dir)
             if self.sweeping and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.sweep_s
                 try:
                     await self.sweep()
-                except (OSError, ApiError) as err:
-                    log.warning("CSI volume sweep failed: %s", err)
+                except Exception:
+                    log.exception("CSI volume sweep failed")
             await asyncio.sleep(self.poll_s)
 
     def _sockets(self) -> dict[Path, tuple[int, int]]:
@@ -429,7 +431,9 @@ class CsiVolumes:
         try:
             info = await get_plugin_info(sock, timeout_s=5)
         except grpc.aio.AioRpcError as err:
+            # a stale socket (its driver was killed): look again in a little while
             log.debug("GetInfo on %s failed (will retry): %s", sock, _rpc_error(err))
+            self._refused[sock] = (ident, time.monotonic() + 2.0)
             return
         problem = validate_plugin(info)
         driver: DriverInfo | None = None
