@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -336,3 +337,33 @@ def test_pod_deleted_while_the_agent_is_down_is_unmounted_on_restart(csi_env: Cs
     wait_for("the orphan's unpublish and unstage", lambda: not _csi_mounts(csi_env, 0), 60, a.agent)
     wait_for("the FUSE daemon to exit", lambda: not fuse_daemons_under(a.root), 30, a.agent)
     wait_for("node A Ready again", lambda: _ready(csi_env.core, a.name), 60, a.agent)
+
+
+def test_driver_kill9_and_restart_under_a_pod(csi_env: CsiEnv) -> None:
+    """The node's driver killed and restarted under a mounted pod: the agent registers the new
+    one, the pod keeps its data, and deleting the pod unpublishes/unstages through it."""
+    b = csi_env.nodes[1]
+    claim = make_claim(csi_env)
+    pod = run_pod(
+        csi_env,
+        b,
+        "echo before > /data/before; while true; do sleep 1; done",
+        claim,
+        restart="Always",
+    )
+    wait_phase(csi_env, b, pod, {"Running"})
+    registered = b.agent.log_path.read_text().count(f"CSI driver {DRIVER} registered")
+    b.driver.kill()  # SIGKILL: its registration socket stays behind, stale
+    b.driver.start()
+    wait_for(
+        "the agent to register the restarted driver",
+        lambda: b.agent.log_path.read_text().count(f"CSI driver {DRIVER} registered") > registered,
+        30,
+        b.agent,
+    )
+    assert pod_phase(csi_env, pod) == "Running"
+    [target] = _targets(_csi_mounts(csi_env, 1))
+    assert (Path(target) / "before").read_text() == "before\n"
+    delete_pod(csi_env, b, pod)
+    wait_for("unpublish and unstage", lambda: not _csi_mounts(csi_env, 1), 30, b.agent)
+    wait_for("the FUSE daemon to exit", lambda: not fuse_daemons_under(b.root), 30, b.agent)
