@@ -21,6 +21,7 @@ import kubelet_py.metrics.kubelet as metrics
 from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
+from kubelet_py.agent.csi import CsiVolumes
 from kubelet_py.agent.events import EventRecorder
 from kubelet_py.agent.model import Pod
 from kubelet_py.agent.network import CNIPodNetwork, NetworkSettings, NodeNetwork, NodePaths
@@ -63,6 +64,7 @@ class AgentConfig:
     """Renew the kubeconfig's client-certificate file via CSRs (kubelet --rotate-certificates)."""
     rotate_server_certificates: bool = False
     """Get and renew the serving cert through kubelet-serving CSRs (serverTLSBootstrap)."""
+    plugins_registry: Path | None = None  # CSI plugin registration dir; <root>/plugins_registry
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -94,6 +96,14 @@ class Agent:
         self.cri = GrpcCRI(str(config.cri_socket))
         self.events = EventRecorder(self.api, node_name=config.node_name)
         self.volumes = VolumeManager(config.root, api=self.api, node_name=config.node_name)
+        self.csi = CsiVolumes(
+            config.root,
+            node_name=config.node_name,
+            api=self.api,
+            registration_dir=config.plugins_registry,
+            active_pods=lambda: set(self.workers),
+        )
+        self.volumes.external = self.csi
         self.backoff = Backoff()
         self.node_ctx = NodeContext(
             node_name=config.node_name,
@@ -415,6 +425,7 @@ class Agent:
                         remove=self.remove,
                     )
                     tg.create_task(api_source.run(), name="source-api")
+                tg.create_task(self.csi.run(), name="csi-plugins")
                 if self.config.static_pod_path is not None:
                     static = StaticPodSource(
                         self.config.static_pod_path,
@@ -435,6 +446,7 @@ class Agent:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
                 tg.create_task(Sampler(self.stats).run(), name="stats-sampler")
+                self.csi.sweeping = True  # every running pod has its worker now
                 tg.create_task(self._pleg(), name="pleg")
                 self.ready.set()
                 log.info(
@@ -445,6 +457,7 @@ class Agent:
         finally:
             self._tg = None
             await self.events.drain()
+            await self.csi.close()
             if self.api is not None:
                 await self.api.close()
             await self.cri.close()

@@ -253,7 +253,16 @@ def _container(raw: Mapping[str, Any]) -> Container:
     )
 
 
-_VOLUME_KINDS = ("emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected")
+_VOLUME_KINDS = (
+    "emptyDir",
+    "hostPath",
+    "configMap",
+    "secret",
+    "downwardAPI",
+    "projected",
+    "persistentVolumeClaim",
+    "csi",
+)
 
 
 def _volume(raw: Mapping[str, Any]) -> Volume:

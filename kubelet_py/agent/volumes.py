@@ -39,6 +39,15 @@ class Api(Protocol):
     async def create(self, path: str, body: Any) -> Any: ...
 
 
+class ExternalVolumes(Protocol):
+    """Volumes mounted by someone else (CSI drivers, `csi.py`): set up per pod volume,
+    released for the whole pod before its directory is removed."""
+
+    def handles(self, vol: Volume) -> bool: ...
+    async def setup(self, pod: Pod, vol: Volume) -> Path: ...
+    async def release(self, pod_uid: str) -> None: ...
+
+
 @dataclass
 class TokenState:
     expires_at: float
@@ -105,6 +114,7 @@ class VolumeManager:
         self.api = api
         self.node_name = node_name
         self.tokens: dict[tuple[str, str], TokenState] = {}
+        self.external: ExternalVolumes | None = None
 
     def pod_dir(self, uid: str) -> Path:
         return self.root / "pods" / uid
@@ -182,6 +192,8 @@ class VolumeManager:
                             ).encode()
             _write_atomic_dir(base, projected, mode)
             return base
+        if self.external is not None and self.external.handles(vol):
+            return await self.external.setup(pod, vol)
         raise VolumeError(f"{what}: volume type {src.get('type', vol.kind)!r} is not supported")
 
     def _host_path(self, path: str, kind: str, *, what: str) -> Path:
@@ -302,6 +314,11 @@ class VolumeManager:
                 )
             )
         return out
+
+    async def release(self, uid: str) -> None:
+        """Unmount the pod's externally mounted volumes (CSI) through their drivers."""
+        if self.external is not None:
+            await self.external.release(uid)
 
     def cleanup(self, uid: str) -> None:
         """Remove the pod's volume dirs (unmounting any tmpfs first)."""

@@ -165,6 +165,7 @@ class PodWorker:
         self.start_time: str | None = None
         self.init_failed = False
         self.volume_paths: dict[str, Path] | None = None
+        self.released = False  # CSI volumes given back after the pod finished
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
 
@@ -263,6 +264,10 @@ class PodWorker:
                 msg = f"Back-off restarting failed container {name} in pod {pod_ref}"
                 self.events.emit(pod, "Warning", "BackOff", msg)
         await self._report(obs)
+        if (self.last_status or {}).get("phase") in ("Succeeded", "Failed") and not self.released:
+            # a finished pod keeps no driver mounts (the kubelet unmounts terminal pods' volumes)
+            await self.volumes.release(pod.uid)
+            self.released = True
         waits = [left for _, left in actions.backoff]
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
@@ -740,6 +745,7 @@ class PodWorker:
         for sid in (final.sandbox_id, *final.stale_sandboxes):
             if sid:
                 await self.cri.remove_pod_sandbox(sid)
+        await self.volumes.release(pod.uid)
         self.volumes.cleanup(pod.uid)
         self.backoff.forget(f"{pod.uid}/")
         if pod.terminating and self.api is not None and not pod.static:
