@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kubelet_py.devcluster.cluster import LocalCluster
 from kubelet_py.devcluster.errors import DevClusterError
+from kubelet_py.devcluster.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 DEMO_IMAGE = "docker.io/library/busybox:1.36"
 BUSYBOX_APPLETS = (
@@ -133,12 +134,67 @@ class JoinedNode:
         self.cluster.netlab.remove_node(self.name)
 
 
+class CsiProcess:
+    """`kubelet-py-csi` (the S3 driver or the provisioner), stopped by its PID."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "csi_volumes.cli", *argv],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_for(self, path: Path, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise DevClusterError(f"the CSI driver did not serve {path}:\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def s3_driver(root: Path, node_id: str, *, mode: str) -> CsiProcess:
+    """The S3 CSI driver for one node (registering through its plugins_registry) or the
+    controller; in the root namespaces, where SeaweedFS listens on loopback."""
+    root.mkdir(parents=True, exist_ok=True)
+    sock = root / "csi.sock"
+    argv = ["s3", "--endpoint", f"unix://{sock}", "--node-id", node_id, "--mode", mode,
+            "--state-dir", str(root / "state")]  # fmt: skip
+    if mode == "node":
+        argv += ["--registration-dir", str(root.parent / "plugins_registry")]
+    driver = CsiProcess(argv, root / "driver.log")
+    driver.wait_for(sock)
+    return driver
+
+
+def _unmount_under(work: Path) -> None:
+    """Lazily unmount whatever is still mounted under the demo's directory (FUSE, binds)."""
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(str(work) + "/")
+    ]
+    for target in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
 @dataclass
 class Demo:
     """What is running while the demo waits: handed to `wait` (the e2e test checks it)."""
 
     cluster: LocalCluster
     nodes: list[JoinedNode] = field(default_factory=list)
+    s3: SeaweedS3 | None = None
 
 
 def manifests_dir() -> Path:
@@ -161,17 +217,26 @@ def _helm(helm: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def install_chart(cluster: LocalCluster, work: Path, *, progress: Progress) -> None:
+def install_chart(
+    cluster: LocalCluster, work: Path, *, progress: Progress, s3_endpoint: str
+) -> None:
     """`helm install` the chart into kube-system, as a cluster admin prepares a cluster."""
     from kubelet_py.devcluster.build import ensure_go_tool
 
     helm = ensure_go_tool("helm", progress=progress)
-    progress("installing the kubelet-py Helm chart (bootstrap RBAC, cluster-info, overlay RBAC)")
+    progress(
+        "installing the kubelet-py Helm chart "
+        "(bootstrap RBAC, cluster-info, overlay RBAC, CSIDriver + StorageClass s3)"
+    )
     ca = base64.b64encode(cluster.pki.ca.pair.cert_pem).decode()
     out = _helm(
         helm, work, "install", "kubelet-py", str(chart_dir()), "--namespace", "kube-system",
         "--set", f"clusterInfo.server={cluster.lab_server_url}",
         "--set", f"clusterInfo.caData={ca}",
+        "--set", "csi.credentials.create=true",
+        "--set", f"csi.credentials.endpoint={s3_endpoint}",
+        "--set", f"csi.credentials.accessKeyID={ACCESS_KEY}",
+        "--set", f"csi.credentials.secretAccessKey={SECRET_KEY}",
         f"--kubeconfig={cluster.admin_kubeconfig}",
     )  # fmt: skip
     if out.returncode != 0:
@@ -208,10 +273,27 @@ def run_demo(
     work = Path(tempfile.mkdtemp(prefix="kubelet-py-demo-"))
     demo = Demo(cluster)
     approver: subprocess.Popen[bytes] | None = None
+    csi: list[CsiProcess] = []
     try:
         progress("building a busybox image locally (busybox-static + umoci)")
         layout = build_busybox_layout(work / "image")
-        install_chart(cluster, work, progress=progress)
+        progress("starting SeaweedFS, a real S3 server, on loopback")
+        demo.s3 = SeaweedS3(work / "s3")
+        try:
+            demo.s3.start()
+        except RuntimeError as err:
+            raise DevClusterError(str(err)) from err
+        install_chart(cluster, work, progress=progress, s3_endpoint=demo.s3.endpoint)
+        progress("starting the S3 CSI controller and the kopf provisioner")
+        controller = s3_driver(work / "csi-controller", "controller", mode="controller")
+        csi.append(controller)
+        csi.append(
+            CsiProcess(
+                ["provisioner", "--kubeconfig", str(cluster.admin_kubeconfig),
+                 "--controller-endpoint", f"unix://{work / 'csi-controller' / 'csi.sock'}"],
+                work / "provisioner.log",
+            )
+        )  # fmt: skip
         token = cluster.create_bootstrap_token()
         with (work / "approver.log").open("ab") as log:
             approver = subprocess.Popen(
@@ -228,6 +310,7 @@ def run_demo(
             if i == 0:
                 for f in sorted((manifests_dir() / "static").glob("*.yaml")):
                     shutil.copy(f, static_dir / f.name)
+            csi.append(s3_driver(root / "csi", name, mode="node"))
             node = JoinedNode(cluster, name, root, static_dir)
             demo.nodes.append(node)
             progress(f"{name} joins with a bootstrap token and the CA hash (kubelet-py join)")
@@ -252,9 +335,20 @@ def run_demo(
         )
         for node in demo.nodes:
             node.stop()
+        deadline = time.monotonic() + 30  # the provisioner deletes the PVC's bucket and PV
+        while time.monotonic() < deadline and csi:
+            pvs = cluster.kubectl("get", "pv", "-o", "name", check=False).stdout.strip()
+            if not pvs:
+                break
+            time.sleep(0.5)
+        for proc in reversed(csi):
+            proc.stop()
         if approver is not None and approver.poll() is None:
             approver.send_signal(signal.SIGTERM)
             approver.wait(timeout=10)
+        _unmount_under(work)
+        if demo.s3 is not None:
+            demo.s3.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -265,6 +359,7 @@ def _what_to_try(demo: Demo, work: Path) -> str:
 
   kubectl get nodes -o wide; kubectl get csr
   kubectl logs job/sum
+  kubectl get pvc,pv; kubectl exec s3-writer -- cat /data/hello.txt   # an S3 bucket, via CSI
   kubectl logs deploy/webapp -c content
   kubectl exec -it deploy/webapp -c httpd -- sh
   kubectl port-forward deploy/webapp 8080:8080   # then: curl localhost:8080
@@ -321,7 +416,28 @@ def check_examples(demo: Demo, *, timeout_s: float = 60.0) -> list[tuple[str, bo
     )
     logs = cluster.kubectl("logs", "job/sum", check=False).stdout.strip()
     results.append(("job sum completed", out.returncode == 0 and "= 500500" in logs, logs))
+    if demo.s3 is not None:
+        found = _wait_for_object(demo.s3, "hello.txt", timeout_s)
+        results.append(
+            ("s3-writer's file is in the bucket", "through an S3 CSI volume" in found, found)
+        )
     return results
+
+
+def _wait_for_object(s3: SeaweedS3, key: str, timeout_s: float) -> str:
+    """The text of the first object called `key` in any bucket ('' if none appears in time)."""
+    client = s3.client()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for bucket in client.list_buckets().get("Buckets", []):
+            listed = client.list_objects_v2(Bucket=bucket["Name"])
+            for obj in listed.get("Contents", []):
+                if obj["Key"].rsplit("/", 1)[-1] == key:
+                    body = client.get_object(Bucket=bucket["Name"], Key=obj["Key"])["Body"]
+                    return f"s3://{bucket['Name']}/{obj['Key']}: {body.read().decode().strip()}"
+        if time.monotonic() > deadline:
+            return ""
+        time.sleep(1)
 
 
 def run_standalone(*, progress: Progress, wait: Callable[[str], None]) -> None:

@@ -3,7 +3,8 @@
 `kubelet-py cluster up --node --check` is the demo with `wait` replaced by checks made
 from the lab underlay: the static pod and the webapp answer over HTTP on the nodes'
 addresses (hostNetwork and hostPort through CNI's portmap), the Job completes with the
-right output. The standalone mode serves the static pod with no API server at all.
+right output, the S3-volume pod's file lands in a bucket of the real S3 server. The
+standalone mode serves the static pod with no API server at all.
 """
 
 import subprocess
@@ -17,7 +18,7 @@ def _run(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_cluster_up_with_nodes_runs_every_example(require_root: None) -> None:
-    """Both nodes join and are Ready; web, webapp (on each node) and the Job all check out."""
+    """Both nodes join and are Ready; web, webapp (each node), the Job and the S3 pod work."""
     out = _run("cluster", "up", "--node", "--check", timeout_s=500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     checks = [line for line in out.stdout.splitlines() if line.startswith(("ok: ", "FAILED: "))]
@@ -25,6 +26,7 @@ def test_cluster_up_with_nodes_runs_every_example(require_root: None) -> None:
     wanted = [
         "node1 Ready", "node2 Ready", "static pod web answers on node1:18080",
         "webapp answers on node1:30080", "webapp answers on node2:30080", "job sum completed",
+        "s3-writer's file is in the bucket",
     ]  # fmt: skip
     for what in wanted:
         assert any(c.startswith(f"ok: {what}") for c in checks), f"{what}: {checks}"
