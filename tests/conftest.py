@@ -1,8 +1,9 @@
 """Suite-wide guards: integration tests need root, and a run leaves the machine as it found it.
 
-At session start we snapshot the network namespaces, the mount table and this
-process's children; at the end anything new is reported and fails the run, so
-a leak cannot hide behind green tests.
+At session start we snapshot the network namespaces, the mount table, this
+process's children and the cgroups beneath this process's own cgroup (where the
+runtime makes its cgroups, in every hierarchy); at the end anything new is
+reported and fails the run, so a leak cannot hide behind green tests.
 """
 
 import os
@@ -41,10 +42,29 @@ def _children() -> set[str]:
     return kids
 
 
+def _cgroups() -> set[str]:
+    """Every cgroup directory beneath this process's own (non-root) cgroup paths."""
+    own = set()
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        path = line.split(":", 2)[2]
+        if path not in ("", "/"):
+            own.add(path.strip("/"))
+    out = set()
+    base = Path("/sys/fs/cgroup")
+    for hierarchy in base.iterdir() if base.is_dir() else ():
+        for path in own:
+            top = hierarchy / path
+            if top.is_dir() and not top.is_symlink():
+                for d, subdirs, _ in os.walk(top):
+                    out.update(str(Path(d, s)) for s in subdirs)
+    return out
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _BASELINE["netns"] = _netns()
     _BASELINE["mounts"] = _mounts()
     _BASELINE["children"] = _children()
+    _BASELINE["cgroups"] = _cgroups()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -54,6 +74,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "network namespaces": _netns() - _BASELINE["netns"],
         "mounts": _mounts() - _BASELINE["mounts"],
         "child processes": _children() - _BASELINE["children"],
+        "cgroups": _cgroups() - _BASELINE["cgroups"],
     }
     found = {k: v for k, v in leaks.items() if v}
     if found:
