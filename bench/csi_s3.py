@@ -245,9 +245,14 @@ def main() -> int:
             variants.append(by_hand(Mounter.RCLONE, s3, root))
         results: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
         for run in range(args.runs):
-            for v in variants:  # alternate, so drift hits every variant alike
+            # rotate the order each run, so warm-up and drift hit every variant alike
+            for v in variants[run % len(variants) :] + variants[: run % len(variants)]:
                 log(f"run {run + 1}/{args.runs}: {v.name}")
-                results[v.name].append(run_variant(v, s3, root, run, args.size_mb, small))
+                r = run_variant(v, s3, root, run, args.size_mb, small)
+                log(
+                    f"  write {r['write']:.1f} MiB/s, read {r['read']:.1f} MiB/s, small {r['small']:.1f} s"
+                )
+                results[v.name].append(r)
         med = {
             name: {k: statistics.median(r[k] for r in rs) for k in ("write", "read", "small")}
             for name, rs in results.items()
