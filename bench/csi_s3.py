@@ -250,7 +250,8 @@ def main() -> int:
                 log(f"run {run + 1}/{args.runs}: {v.name}")
                 r = run_variant(v, s3, root, run, args.size_mb, small)
                 log(
-                    f"  write {r['write']:.1f} MiB/s, read {r['read']:.1f} MiB/s, small {r['small']:.1f} s"
+                    f"  write {r['write']:.1f} MiB/s, read {r['read']:.1f} MiB/s, "
+                    f"small files {r['small']:.1f} s"
                 )
                 results[v.name].append(r)
         med = {
