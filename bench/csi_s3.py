@@ -46,6 +46,7 @@ from csi_volumes.s3.params import (  # noqa: E402
     VolumeRef,
     parse_credentials,
 )
+from csi_volumes.s3.store import S3Store  # noqa: E402
 from tests.support.seaweedfs import SeaweedS3  # noqa: E402
 
 CHUNK = 1 << 20
@@ -216,6 +217,8 @@ def run_variant(
             raise RuntimeError(f"{v.name}: read {total} bytes, wrote {size_mb * CHUNK}")
     finally:
         v.unmount(where)
+        # SeaweedFS gives every bucket volumes of its own: free them, or later runs run out
+        S3Store(parse_credentials(s3.secrets(), call="bench")).delete_volume(VolumeRef(bucket))
     return {"write": size_mb / w, "read": size_mb / r, "small": s}
 
 
