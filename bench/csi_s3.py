@@ -46,6 +46,7 @@ from csi_volumes.s3.params import (  # noqa: E402
     VolumeRef,
     parse_credentials,
 )
+from csi_volumes.s3.store import S3Store  # noqa: E402
 from tests.support.seaweedfs import SeaweedS3  # noqa: E402
 
 CHUNK = 1 << 20
@@ -216,6 +217,8 @@ def run_variant(
             raise RuntimeError(f"{v.name}: read {total} bytes, wrote {size_mb * CHUNK}")
     finally:
         v.unmount(where)
+        # SeaweedFS gives every bucket volumes of its own: free them, or later runs run out
+        S3Store(parse_credentials(s3.secrets(), call="bench")).delete_volume(VolumeRef(bucket))
     return {"write": size_mb / w, "read": size_mb / r, "small": s}
 
 
@@ -245,9 +248,15 @@ def main() -> int:
             variants.append(by_hand(Mounter.RCLONE, s3, root))
         results: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
         for run in range(args.runs):
-            for v in variants:  # alternate, so drift hits every variant alike
+            # rotate the order each run, so warm-up and drift hit every variant alike
+            for v in variants[run % len(variants) :] + variants[: run % len(variants)]:
                 log(f"run {run + 1}/{args.runs}: {v.name}")
-                results[v.name].append(run_variant(v, s3, root, run, args.size_mb, small))
+                r = run_variant(v, s3, root, run, args.size_mb, small)
+                log(
+                    f"  write {r['write']:.1f} MiB/s, read {r['read']:.1f} MiB/s, "
+                    f"small files {r['small']:.1f} s"
+                )
+                results[v.name].append(r)
         med = {
             name: {k: statistics.median(r[k] for r in rs) for k in ("write", "read", "small")}
             for name, rs in results.items()

@@ -4,11 +4,16 @@ CreateVolume plans the volume from the StorageClass parameters (`params.plan_vol
 pure), then makes it with the credentials in the CO's provisioner secrets: a bucket for
 `layout=bucket` (the default), or a directory object `<prefix>/` inside the configured
 bucket for `layout=prefix`. The same name always maps to the same volume id, so a
-repeated CreateVolume is idempotent. DeleteVolume removes every object (and the bucket);
-a volume already gone is success, as the spec asks.
+repeated CreateVolume is idempotent; a bucket volume carries a tag with a fingerprint of
+its parameters, so a repeat with other parameters is ALREADY_EXISTS (a prefix volume's
+directory object keeps no metadata on SeaweedFS, so there it is not detected).
+DeleteVolume removes every object (and the bucket); a volume already gone is success, as
+the spec asks.
 """
 
 import asyncio
+import hashlib
+import json
 import logging
 
 from csi_volumes.api.csi.v1 import csi_pb2
@@ -18,6 +23,13 @@ from csi_volumes.s3.params import Layout, parse_credentials, parse_volume_id, pl
 from csi_volumes.s3.store import S3Store
 
 log = logging.getLogger("csi_volumes.s3.controller")
+
+#: bucket tag holding a fingerprint of the parameters a bucket volume was created with
+CONTEXT_TAG = "kubelet-py.csi/parameters"
+
+
+def context_fingerprint(context: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()[:32]
 
 
 class S3Controller:
@@ -40,7 +52,7 @@ class S3Controller:
         store = S3Store(parse_credentials(dict(req.secrets), call="CreateVolume"))
         ref = plan.ref
         if ref.layout is Layout.BUCKET:
-            await asyncio.to_thread(store.create_bucket, ref.bucket)
+            await self._create_bucket_volume(store, ref.bucket, plan.context, req.name)
         else:
             if not await asyncio.to_thread(store.bucket_exists, ref.bucket):
                 raise invalid_argument(
@@ -57,6 +69,25 @@ class S3Controller:
                 volume_context=plan.context,
             )
         )
+
+    async def _create_bucket_volume(
+        self, store: S3Store, bucket: str, context: dict[str, str], name: str
+    ) -> None:
+        """Make the bucket, tagged with a fingerprint of the volume's parameters, so a
+        repeated CreateVolume with other parameters is ALREADY_EXISTS, as the spec asks."""
+        fingerprint = context_fingerprint(context)
+        created = await asyncio.to_thread(store.create_bucket, bucket)
+        if not created:
+            existing = await asyncio.to_thread(store.bucket_tag, bucket, CONTEXT_TAG)
+            if existing is not None and existing != fingerprint:
+                raise CsiCallError(
+                    Code.ALREADY_EXISTS,
+                    f"CreateVolume: volume {name} (bucket {bucket}) already exists "
+                    "with other parameters",
+                )
+            if existing == fingerprint:
+                return
+        await asyncio.to_thread(store.set_bucket_tag, bucket, CONTEXT_TAG, fingerprint)
 
     async def delete_volume(self, req: csi_pb2.DeleteVolumeRequest) -> csi_pb2.DeleteVolumeResponse:
         if not req.volume_id:

@@ -79,18 +79,45 @@ class S3Store:
             raise
         return True
 
-    def create_bucket(self, bucket: str) -> None:
-        """Idempotent: a bucket we already own is success."""
+    def create_bucket(self, bucket: str) -> bool:
+        """Idempotent: a bucket we already own is success. True if it was made now."""
         try:
             self._call(
                 "CreateBucket", f"bucket {bucket}", self._client.create_bucket, Bucket=bucket
             )
         except S3Error as err:
             if err.s3_code == "BucketAlreadyOwnedByYou":
-                return
+                return False
             if err.s3_code == "BucketAlreadyExists":
                 err.code = Code.ALREADY_EXISTS
             raise
+        return True
+
+    def bucket_tag(self, bucket: str, key: str) -> str | None:
+        try:
+            tags = self._call(
+                "GetBucketTagging",
+                f"bucket {bucket}",
+                self._client.get_bucket_tagging,
+                Bucket=bucket,
+            )
+        except S3Error as err:
+            if err.code is Code.NOT_FOUND or "NoSuchTagSet" in err.s3_code:
+                return None
+            raise
+        for tag in tags.get("TagSet", []):
+            if tag.get("Key") == key:
+                return str(tag.get("Value"))
+        return None
+
+    def set_bucket_tag(self, bucket: str, key: str, value: str) -> None:
+        self._call(
+            "PutBucketTagging",
+            f"bucket {bucket}",
+            self._client.put_bucket_tagging,
+            Bucket=bucket,
+            Tagging={"TagSet": [{"Key": key, "Value": value}]},
+        )
 
     def put_marker(self, ref: VolumeRef) -> None:
         """The directory object of a prefix volume (so FUSE mounters see the directory)."""

@@ -251,6 +251,9 @@ def test_spec_error_codes(
     name = unique("pvc")
     vol = create(client, seaweed, name)
     assert create(client, seaweed, name).volume_id == vol.volume_id  # idempotent
+    assert (
+        code_of(lambda: create(client, seaweed, name, uid="42")) == grpc.StatusCode.ALREADY_EXISTS
+    )
     ok = ctl.ValidateVolumeCapabilities(
         csi_pb2.ValidateVolumeCapabilitiesRequest(
             volume_id=vol.volume_id, volume_capabilities=[mount_cap()], secrets=seaweed.secrets()
