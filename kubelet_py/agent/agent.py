@@ -234,8 +234,9 @@ class Agent:
     # ---- PLEG -------------------------------------------------------------------------
 
     async def _pleg(self) -> None:
-        """Relist containers; wake the workers of pods whose containers changed state."""
-        last: dict[str, int] = {}
+        """Relist containers; tell the workers of pods whose containers changed state,
+        appeared or went away (their next sync asks the runtime; others reuse their view)."""
+        last: dict[str, tuple[int, str]] = {}
         while True:
             await asyncio.sleep(self.config.pleg_period_s)
             try:
@@ -243,12 +244,15 @@ class Agent:
             except CRIError as err:
                 log.warning("PLEG relist failed: %s", err)
                 continue
-            now = {c.id: int(c.state) for c in containers}
-            changed = {cid for cid in set(now) | set(last) if now.get(cid) != last.get(cid)}
-            uids = {c.labels.get(POD_UID) for c in containers if c.id in changed}
+            now = {c.id: (int(c.state), c.labels.get(POD_UID, "")) for c in containers}
+            if now == last:
+                continue
+            uids = {v[1] for cid, v in now.items() if last.get(cid) != v}
+            uids |= {v[1] for cid, v in last.items() if cid not in now}
             for uid in uids:
-                if uid and uid in self.workers:
-                    self.workers[uid].wake.set()
+                worker = self.workers.get(uid)
+                if worker is not None:
+                    worker.runtime_event()
             last = now
 
     async def _adopt_orphans(self) -> None:
@@ -330,6 +334,8 @@ class Agent:
                         mirrors=api_source.mirrors if api_source is not None else None,
                         mirror_created=self._resend_status,
                     )
+                    if api_source is not None:
+                        api_source.mirrors_changed = static.nudge
                     static_pods = await asyncio.to_thread(static.scan)
                     for pod in static_pods.values():
                         self.upsert(pod)

@@ -49,6 +49,10 @@ class Probe:
     timeout_s: int = 1
     success_threshold: int = 1
     failure_threshold: int = 3
+    service: str = ""
+    """gRPC probes: the service name sent in grpc.health.v1 HealthCheckRequest."""
+    termination_grace_s: int | None = None
+    """Probe-level terminationGracePeriodSeconds: the grace of a kill this probe causes."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,11 @@ def _probe(raw: Mapping[str, Any] | None) -> Probe | None:
         "timeout_s": int(raw.get("timeoutSeconds", 1)),
         "success_threshold": int(raw.get("successThreshold", 1)),
         "failure_threshold": int(raw.get("failureThreshold", 3)),
+        "termination_grace_s": (
+            int(raw["terminationGracePeriodSeconds"])
+            if raw.get("terminationGracePeriodSeconds") is not None
+            else None
+        ),
     }
     if "exec" in raw:
         return Probe(kind="exec", command=tuple(raw["exec"].get("command") or ()), **common)
@@ -166,7 +175,12 @@ def _probe(raw: Mapping[str, Any] | None) -> Probe | None:
             **common,
         )
     if "grpc" in raw:
-        return Probe(kind="grpc", port=int(raw["grpc"].get("port", 0)), **common)
+        return Probe(
+            kind="grpc",
+            port=int(raw["grpc"].get("port", 0)),
+            service=str(raw["grpc"].get("service") or ""),
+            **common,
+        )
     if "sleep" in raw:
         return Probe(
             kind="sleep",

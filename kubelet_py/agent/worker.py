@@ -39,10 +39,14 @@ from kubelet_py.agent.plan import (
     PodObs,
     compute_pod_actions,
 )
+from kubelet_py.agent.probes import grpc_health_check
 from kubelet_py.agent.status import pod_status, rfc3339
 from kubelet_py.agent.volumes import ConfigError, VolumeError, VolumeManager
 
 log = logging.getLogger("kubelet_py.pods")
+
+OBS_MAX_AGE_S = 300.0
+"""A pod's runtime state is re-read at least this often even if the PLEG saw no change."""
 
 _STATE = {
     api_pb2.ContainerState.CONTAINER_CREATED: CState.CREATED,
@@ -157,12 +161,18 @@ class PodWorker:
         self.waiting: dict[str, tuple[str, str]] = {}
         self.image_backoff = Backoff(initial_s=10, max_s=300)
         self.probes: dict[tuple[str, str], ProbeState] = {}
+        self.kill_grace: dict[str, int | None] = {}
         self.last_status: dict[str, Any] | None = None
         self.start_time: str | None = None
         self.init_failed = False
         self.volume_paths: dict[str, Path] | None = None
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
+        self.runtime_changed = True
+        """Set by the PLEG when this pod's containers changed: the next sync asks the runtime.
+        Otherwise a periodic resync reuses what it saw last (as upstream's PLEG cache)."""
+        self._obs: PodObs | None = None
+        self._obs_at = 0.0
 
     def _move(self, to: PodLifecycle) -> None:
         if to not in LIFECYCLE_MOVES[self.state]:
@@ -180,6 +190,23 @@ class PodWorker:
     def remove(self) -> None:
         self.removed = True
         self.wake.set()
+
+    def runtime_event(self) -> None:
+        """The PLEG saw one of this pod's containers change state (or appear, or go)."""
+        self.runtime_changed = True
+        self.wake.set()
+
+    async def _observe(self, now: float) -> PodObs:
+        """What the runtime has for this pod: asked again only when the PLEG said something
+        changed, after this worker acted, or every OBS_MAX_AGE_S as a backstop."""
+        if self._obs is None or self.runtime_changed or now - self._obs_at >= OBS_MAX_AGE_S:
+            self.runtime_changed = False  # before the call: an event meanwhile is kept
+            self._remember(await observe(self.cri, self.pod.uid), now)
+        assert self._obs is not None
+        return self._obs
+
+    def _remember(self, obs: PodObs, now: float) -> None:
+        self._obs, self._obs_at = obs, now
 
     async def run(self) -> None:
         while self.state != PodLifecycle.TERMINATED:
@@ -227,7 +254,7 @@ class PodWorker:
             self._move(PodLifecycle.TERMINATING)
             await self._terminate(reason="DeadlineExceeded")
             return 0
-        obs = await observe(self.cri, pod.uid)
+        obs = await self._observe(now)
         self._note_exits(obs, now)
         unhealthy = await self._run_probes(obs, now)
         backoff_until = {
@@ -241,6 +268,7 @@ class PodWorker:
             self.init_failed = True
         if not actions.empty:
             obs = await self._act(actions, obs)
+            self._remember(obs, now)
         pod_ref = f"{pod.name}_{pod.namespace}({pod.uid})"
         for name, _left in actions.backoff:
             latest = obs.latest(name)
@@ -264,7 +292,9 @@ class PodWorker:
             if c.restart_policy != "Always"
         )
         if init_running:
-            waits.append(0.1)  # the next step waits on this init container: look again soon
+            # the next step waits on this init container: look again soon, at the runtime
+            self.runtime_changed = True
+            waits.append(0.1)
         if self.volumes.needs_refresh(pod.uid, now=now):
             self.volume_paths = None
             waits.append(0.1)
@@ -299,10 +329,15 @@ class PodWorker:
         for cid, why in actions.kill:
             self.events.emit(pod, "Normal", "Killing", f"Stopping container: {why}")
             victim = next((o for g in obs.containers.values() for o in g if o.id == cid), None)
+            grace = pod.termination_grace_s
             if victim is not None:
-                await self._stop_with_hook(victim, pod.termination_grace_s)
+                # a failed liveness/startup probe may set its own terminationGracePeriodSeconds
+                probe_grace = self.kill_grace.pop(victim.name, None)
+                await self._stop_with_hook(
+                    victim, probe_grace if probe_grace is not None else grace
+                )
             else:
-                await self.cri.stop_container(cid, pod.termination_grace_s)
+                await self.cri.stop_container(cid, grace)
         if actions.create_sandbox:
             for sid in (obs.sandbox_id, *obs.stale_sandboxes):
                 if sid:
@@ -524,6 +559,7 @@ class PodWorker:
                     startup_done = _passed(st)
                     if st.failures >= c.startup.failure_threshold:
                         unhealthy.add(c.name)
+                        self.kill_grace[c.name] = c.startup.termination_grace_s
             if not startup_done:
                 continue
             if c.liveness is not None:
@@ -531,6 +567,7 @@ class PodWorker:
                 await self._probe(c, "liveness", c.liveness, o, st, now, started)
                 if st.failures >= c.liveness.failure_threshold:
                     unhealthy.add(c.name)
+                    self.kill_grace[c.name] = c.liveness.termination_grace_s
                     st.failures = 0
             if c.readiness is not None:
                 st = self.probes.setdefault((c.name, "readiness"), ProbeState())
@@ -590,6 +627,10 @@ class PodWorker:
         if not host:
             return False, f"{probe.kind} probe needs a pod IP; this pod has none (no pod network)"
         port = self._port(probe.port)
+        if probe.kind == "grpc":
+            return await grpc_health_check(
+                host, port, probe.service, timeout_s=max(1, probe.timeout_s)
+            )
         try:
             if probe.kind == "tcpSocket":
                 _, w = await asyncio.wait_for(asyncio.open_connection(host, port), probe.timeout_s)
@@ -653,6 +694,11 @@ class PodWorker:
             start_time=self.start_time,
             waiting=self.waiting,
             readiness=readiness,
+            startup={
+                name: st.result is True
+                for (name, kind), st in self.probes.items()
+                if kind == "startup"
+            },
             init_failed=self.init_failed,
             now=rfc3339(time.time_ns()) or "",
             previous_conditions=prev_conditions,
