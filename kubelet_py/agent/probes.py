@@ -15,6 +15,13 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
+def _go_code(code: grpc.StatusCode) -> str:
+    """grpc-go's name of a status code (NOT_FOUND -> NotFound), as upstream's messages show."""
+    if code == grpc.StatusCode.OK:
+        return "OK"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -90,8 +97,17 @@ async def grpc_health_check(
                     f"(grpc.health.v1.Health): {err.details()}"
                 )
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                state = channel.get_state(try_to_connect=False)
+                if state != grpc.ChannelConnectivity.READY:
+                    return False, (
+                        f'timeout: failed to connect service "{addr}" within {timeout_s:g}s: '
+                        "context deadline exceeded"
+                    )
                 return False, f"timeout: health rpc did not complete within {timeout_s:g}s"
-            return False, f"error: health rpc probe failed: {code.name}: {err.details()}"
+            return False, (
+                f"error: health rpc probe failed: rpc error: code = {_go_code(code)} "
+                f"desc = {err.details()}"
+            )
     try:
         status = decode_health_status(raw)
     except ValueError as err:
