@@ -20,8 +20,9 @@ from kubelet_py.agent.apiclient import ApiClient, ApiError, load_kubeconfig
 from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
 from kubelet_py.agent.events import EventRecorder
+from kubelet_py.agent.eviction import Candidate, EvictionManager
 from kubelet_py.agent.model import Pod
-from kubelet_py.agent.node import NodeManager, NodeSettings
+from kubelet_py.agent.node import NodeManager, NodeSettings, memory_capacity_bytes
 from kubelet_py.agent.plan import Backoff
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
@@ -29,6 +30,9 @@ from kubelet_py.agent.worker import NodeContext, PodWorker
 from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 
 log = logging.getLogger("kubelet_py.agent")
+
+TERMINAL_REASONS = ("Evicted", "DeadlineExceeded")
+"""A pod the API has as Failed with one of these was ended by its node: never restart it."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,12 @@ class Agent:
         )
         self.cri = GrpcCRI(str(config.cri_socket))
         self.events = EventRecorder(self.api, node_name=config.node_name)
-        self.volumes = VolumeManager(config.root, api=self.api, node_name=config.node_name)
+        self.volumes = VolumeManager(
+            config.root,
+            api=self.api,
+            node_name=config.node_name,
+            node_allocatable_memory=memory_capacity_bytes(),
+        )
         self.backoff = Backoff()
         self.node_ctx = NodeContext(
             node_name=config.node_name,
@@ -92,6 +101,8 @@ class Agent:
             host_resolv=_host_resolv(),
         )
         self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()
+        """UIDs of pods this node ended as Failed (evicted, deadline) that the API still has."""
         self.worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._runtime: Any = None
@@ -122,6 +133,16 @@ class Agent:
         if worker is not None:
             worker.update(pod)
             return
+        if pod.uid in self.finished or (
+            pod.phase == "Failed" and pod.status_reason in TERMINAL_REASONS
+        ):
+            # Ended by this node (evicted, past its deadline): it stays Failed in the API and
+            # is never started again; once someone deletes it, it is removed for good.
+            self.finished.add(pod.uid)
+            if pod.terminating and self.api is not None and not pod.static:
+                assert self._tg is not None
+                self._tg.create_task(self._delete_finished(pod), name=f"delete:{pod.full_name}")
+            return
         worker = PodWorker(
             pod,
             cri=self.cri,
@@ -137,9 +158,21 @@ class Agent:
         self.worker_tasks[pod.uid] = self._tg.create_task(worker.run(), name=f"pod:{pod.full_name}")
 
     def remove(self, uid: str) -> None:
+        self.finished.discard(uid)
         worker = self.workers.get(uid)
         if worker is not None:
             worker.remove()
+
+    async def _delete_finished(self, pod: Pod) -> None:
+        assert self.api is not None
+        try:
+            await self.api.delete(
+                f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.uid}},
+            )
+        except ApiError as err:
+            if err.status not in (404, 409):
+                log.warning("deleting finished pod %s failed: %s", pod.full_name, err)
 
     def _resend_status(self, uid: str) -> None:
         """A new mirror pod starts without status: make the worker send it again."""
@@ -149,8 +182,17 @@ class Agent:
             worker.wake.set()
 
     def _forget(self, uid: str) -> None:
-        self.workers.pop(uid, None)
+        worker = self.workers.pop(uid, None)
         self.worker_tasks.pop(uid, None)
+        if worker is not None and worker.terminal_reason and not worker.removed:
+            self.finished.add(uid)
+
+    def _eviction_candidates(self) -> list[Candidate]:
+        return [
+            Candidate(w.pod, self.volumes.size_limited_dirs(w.pod), w.evict)
+            for w in self.workers.values()
+            if not w.finished and not w.pod.terminating
+        ]
 
     def report_static_error(self, path: str, message: str) -> None:
         log.error("static pod manifest %s is invalid: %s", path, message)
@@ -345,6 +387,9 @@ class Agent:
                     await asyncio.wait_for(api_source.synced.wait(), timeout=60)
                 await self._adopt_orphans()
                 tg.create_task(self._pleg(), name="pleg")
+                tg.create_task(
+                    EvictionManager(self._eviction_candidates).run(), name="eviction-manager"
+                )
                 self.ready.set()
                 log.info(
                     "node agent %s ready in %.2f s",

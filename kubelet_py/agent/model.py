@@ -126,8 +126,13 @@ class Pod:
     run_as_user: int | None = None
     run_as_group: int | None = None
     fs_group: int | None = None
+    fs_group_change_policy: str = ""
+    """"OnRootMismatch" skips the recursive ownership change when the volume root is right."""
     supplemental_groups: tuple[int, ...] = ()
     resource_version: str = ""
+    phase: str = ""
+    """status.phase as the API has it (a restarted agent must not revive an evicted pod)."""
+    status_reason: str = ""
     static: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -317,8 +322,11 @@ def pod_from_api(obj: Mapping[str, Any], *, static: bool = False) -> Pod:
         run_as_user=sc.get("runAsUser"),
         run_as_group=sc.get("runAsGroup"),
         fs_group=sc.get("fsGroup"),
+        fs_group_change_policy=sc.get("fsGroupChangePolicy") or "",
         supplemental_groups=tuple(sc.get("supplementalGroups") or ()),
         resource_version=meta.get("resourceVersion", ""),
+        phase=(obj.get("status") or {}).get("phase") or "",
+        status_reason=(obj.get("status") or {}).get("reason") or "",
         static=static,
         raw=obj,
     )

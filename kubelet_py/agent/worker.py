@@ -162,6 +162,9 @@ class PodWorker:
         self.image_backoff = Backoff(initial_s=10, max_s=300)
         self.probes: dict[tuple[str, str], ProbeState] = {}
         self.kill_grace: dict[str, int | None] = {}
+        self.eviction: str | None = None
+        self.terminal_reason = ""
+        """Set when the pod ended Failed with a reason (Evicted, DeadlineExceeded)."""
         self.last_status: dict[str, Any] | None = None
         self.start_time: str | None = None
         self.init_failed = False
@@ -190,6 +193,13 @@ class PodWorker:
     def remove(self) -> None:
         self.removed = True
         self.wake.set()
+
+    def evict(self, message: str) -> None:
+        """End the pod as Failed/Evicted with `message` (the eviction manager's decision)."""
+        if self.eviction is None and self.state == PodLifecycle.SYNCING:
+            log.warning("evicting pod %s: %s", self.pod.full_name, message)
+            self.eviction = message
+            self.wake.set()
 
     def runtime_event(self) -> None:
         """The PLEG saw one of this pod's containers change state (or appear, or go)."""
@@ -238,6 +248,11 @@ class PodWorker:
         if self.state == PodLifecycle.TERMINATING:
             await self._terminate()
             return 0
+        if self.eviction is not None:
+            self.events.emit(pod, "Warning", "Evicted", self.eviction)
+            self._move(PodLifecycle.TERMINATING)
+            await self._terminate(reason="Evicted", message=self.eviction, grace_s=1)
+            return 0
         if self.start_time is None:
             self.start_time = rfc3339(time.time_ns())
         if (
@@ -252,9 +267,22 @@ class PodWorker:
                 "Pod was active on the node longer than the specified deadline",
             )
             self._move(PodLifecycle.TERMINATING)
-            await self._terminate(reason="DeadlineExceeded")
+            await self._terminate(
+                reason="DeadlineExceeded",
+                message="Pod was active on the node longer than the specified deadline",
+            )
             return 0
         obs = await self._observe(now)
+        if self.volume_paths is None and obs.sandbox_ready and pod.volumes:
+            # (Re)mount for a pod that already runs: adopted after an agent restart, or a
+            # projected token due for renewal. Ownership (fsGroup) is applied again here,
+            # which fsGroupChangePolicy OnRootMismatch exists to make cheap.
+            try:
+                self.volume_paths = await self.volumes.setup(
+                    pod, host_ip=self.node.host_ip, pod_ip=self.pod_ip
+                )
+            except (VolumeError, ApiError, OSError) as err:
+                self.events.emit(pod, "Warning", "FailedMount", str(err))
         self._note_exits(obs, now)
         unhealthy = await self._run_probes(obs, now)
         backoff_until = {
@@ -723,11 +751,18 @@ class PodWorker:
             if err.status != 404:
                 log.warning("patching status of pod %s failed: %s", pod.full_name, err)
 
-    async def _terminate(self, *, reason: str = "") -> None:
+    async def _terminate(
+        self, *, reason: str = "", message: str = "", grace_s: int | None = None
+    ) -> None:
+        """Stop everything of the pod. With `reason` (Evicted, DeadlineExceeded) the pod ends
+        Failed with that reason and message and stays in the API; otherwise a deleted pod is
+        finally removed from the API."""
         pod = self.pod
         grace = (
             pod.deletion_grace_s if pod.deletion_grace_s is not None else pod.termination_grace_s
         )
+        if grace_s is not None:
+            grace = min(grace, grace_s)
         obs = await observe(self.cri, pod.uid)
         running = [
             o
@@ -762,7 +797,8 @@ class PodWorker:
             )
             if reason:
                 status["phase"], status["reason"] = "Failed", reason
-                status["message"] = "Pod was active on the node longer than the specified deadline"
+                status["message"] = message
+                self.terminal_reason = reason
             await self._patch_status(status)
         for group in final.containers.values():
             for o in group:
