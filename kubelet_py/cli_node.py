@@ -47,6 +47,12 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     run.add_argument("--cgroup-parent", default="kubelet-py")
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
+    run.add_argument(
+        "--registry-certs-dir",
+        type=Path,
+        default=None,
+        help="<dir>/<host:port>/ca.crt: registry CAs to trust (default <root-dir>/certs.d)",
+    )
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
     run.add_argument("--cluster-domain", default="cluster.local")
     api = run.add_argument_group("kubelet API (HTTPS: kubectl logs through the API server)")
@@ -152,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         register_with_taints=taints,
         max_pods=int(file_cfg.get("maxPods", 110)),
         plain_http_registries=tuple(args.plain_http_registry),
+        registry_certs_dir=args.registry_certs_dir,
         kubelet_server=_server_config(args, file_cfg),
     )
 

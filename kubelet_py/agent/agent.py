@@ -52,6 +52,9 @@ class AgentConfig:
     max_pods: int = 110
     network_mode: str = "loopback"  # "loopback" until CNI (issue 7): pods get lo only
     plain_http_registries: tuple[str, ...] = ()
+    registry_certs_dir: Path | None = None
+    """`<dir>/<host[:port]>/ca.crt`: the CA a registry's TLS certificate must chain to (the
+    certs.d layout of Docker and containerd); None means <root>/certs.d."""
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -206,6 +209,12 @@ class Agent:
         from cri.server import CRIServer
 
         hosts = {h: RegistryHost(plain_http=True) for h in self.config.plain_http_registries}
+        certs = self.config.registry_certs_dir or self.config.root / "certs.d"
+        if certs.is_dir():
+            for d in sorted(certs.iterdir()):
+                if (d / "ca.crt").is_file() and d.name not in hosts:
+                    hosts[d.name] = RegistryHost(ca_file=d / "ca.crt")
+                    log.info("registry %s: trusting the CA in %s", d.name, d / "ca.crt")
         images = ImageService(self.config.root / "images", registry=RegistryConfig(hosts=hosts))
         net_ok = self.config.network_mode == "loopback"
         runtime = RuntimeService(

@@ -163,6 +163,8 @@ class PodWorker:
         self.probes: dict[tuple[str, str], ProbeState] = {}
         self.kill_grace: dict[str, int | None] = {}
         self.eviction: str | None = None
+        self.pull_errors: dict[str, str] = {}
+        self.pull_backoff_noted: dict[str, float] = {}
         self.terminal_reason = ""
         """Set when the pod ended Failed with a reason (Evicted, DeadlineExceeded)."""
         self.last_status: dict[str, Any] | None = None
@@ -311,6 +313,9 @@ class PodWorker:
                 self.events.emit(pod, "Warning", "BackOff", msg)
         await self._report(obs)
         waits = [left for _, left in actions.backoff]
+        for name, (reason, _) in self.waiting.items():
+            if reason in ("ErrImagePull", "ImagePullBackOff"):  # retry when the back-off ends
+                waits.append(max(0.1, self.image_backoff.until(f"{pod.uid}/{name}/image") - now))
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
             waits.append(60.0)  # the kubelet's syncFrequency; the PLEG wakes us on changes
@@ -441,7 +446,18 @@ class PodWorker:
             return None
         until = self.image_backoff.until(key)
         if until > self.clock():
-            self.waiting[c.name] = ("ImagePullBackOff", f'Back-off pulling image "{c.image}"')
+            last = self.pull_errors.get(c.name, "")
+            self.waiting[c.name] = (
+                "ImagePullBackOff",
+                f'Back-off pulling image "{c.image}"' + (f": ErrImagePull: {last}" if last else ""),
+            )
+            if self.pull_backoff_noted.get(c.name) != until:  # once per back-off period
+                self.pull_backoff_noted[c.name] = until
+                msg = f'Back-off pulling image "{c.image}"'
+                self.events.emit(pod, "Normal", "BackOff", msg, field_path=field_path)
+                self.events.emit(
+                    pod, "Warning", "Failed", "Error: ImagePullBackOff", field_path=field_path
+                )
             return None
         self.events.emit(
             pod, "Normal", "Pulling", f'Pulling image "{c.image}"', field_path=field_path
@@ -452,8 +468,10 @@ class PodWorker:
         except CRIError as err:
             self.image_backoff.record_exit(key, now=self.clock(), ran_for_s=0)
             msg = f'Failed to pull image "{c.image}": {err}'
+            self.pull_errors[c.name] = str(err)
             self.waiting[c.name] = ("ErrImagePull", msg)
             self.events.emit(pod, "Warning", "Failed", msg, field_path=field_path)
+            self.events.emit(pod, "Warning", "Failed", "Error: ErrImagePull", field_path=field_path)
             return None
         self.events.emit(
             pod,
