@@ -21,9 +21,11 @@ from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
 from kubelet_py.agent.events import EventRecorder
 from kubelet_py.agent.eviction import Candidate, EvictionManager
+from kubelet_py.agent.kubeletconfig import KubeletConfiguration, default_eviction_hard
 from kubelet_py.agent.model import Pod
 from kubelet_py.agent.node import NodeManager, NodeSettings, memory_capacity_bytes
 from kubelet_py.agent.plan import Backoff
+from kubelet_py.agent.pressure import PressureTracker, measure
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
@@ -57,6 +59,10 @@ class AgentConfig:
     certs.d layout of Docker and containerd); None means <root>/certs.d."""
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
+    kubelet: KubeletConfiguration = field(
+        default_factory=lambda: KubeletConfiguration(eviction_hard=default_eviction_hard())
+    )
+    """The effective KubeletConfiguration (file + flags); /configz serves it."""
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -102,9 +108,17 @@ class Agent:
             cluster_dns=config.cluster_dns,
             cluster_domain=config.cluster_domain,
             host_resolv=_host_resolv(),
+            sync_frequency_s=config.kubelet.sync_frequency_s,
+            pod_pids_limit=config.kubelet.pod_pids_limit,
+            image_pulls=asyncio.Semaphore(
+                1
+                if config.kubelet.serialize_image_pulls
+                else (config.kubelet.max_parallel_image_pulls or 1_000_000)
+            ),
         )
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()
+        self.pressure: dict[str, tuple[bool, str]] = {}
         """UIDs of pods this node ended as Failed (evicted, deadline) that the API still has."""
         self.worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -125,7 +139,7 @@ class Agent:
                     self.workers[uid].waiting.get(name) if uid in self.workers else None
                 ),
                 ready=self.ready,
-                configz=lambda: self.config,
+                configz=lambda: self.config.kubelet.to_v1beta1(),
             ),
         )
 
@@ -332,8 +346,34 @@ class Agent:
 
     # ---- run ---------------------------------------------------------------------------
 
+    async def _watch_pressure(self) -> None:
+        """Measure the eviction signals every 10 s (upstream's monitoring interval)."""
+        kc = self.config.kubelet
+        tracker = PressureTracker(
+            kc.eviction_hard, transition_s=kc.eviction_pressure_transition_period_s
+        )
+        images = self.config.root / "images"
+        while True:
+            try:
+                signals = await asyncio.to_thread(
+                    measure,
+                    nodefs=self.config.root,
+                    imagefs=images if images.exists() else self.config.root,
+                    memory_capacity=memory_capacity_bytes(),
+                )
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("measuring node pressure failed: %s", err)
+            else:
+                now = tracker.update(signals)
+                for cond, (under, why) in now.items():
+                    if under != self.pressure.get(cond, (False, ""))[0]:
+                        log.warning("node condition %s is now %s (%s)", cond, under, why or "ok")
+                self.pressure = now
+            await asyncio.sleep(10.0)
+
     async def run(self) -> None:
         started = time.monotonic()
+        kc = self.config.kubelet
         if self.config.embedded_runtime:
             await self._start_embedded_runtime()
         try:
@@ -347,6 +387,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self.kubelet_server.run(), name="kubelet-server")
+                tg.create_task(self._watch_pressure(), name="node-pressure")
                 api_source = None
                 if self.api is not None:
                     node = NodeManager(
@@ -359,9 +400,20 @@ class Agent:
                             max_pods=self.config.max_pods,
                             kubelet_port=self.config.kubelet_server.port or 10250,
                             root=self.config.root,
+                            reserved_cpu_milli=int(kc.reserved("cpu") * 1000),
+                            reserved_memory_bytes=int(kc.reserved("memory")),
+                            reserved_ephemeral_bytes=int(kc.reserved("ephemeral-storage")),
+                            hard_eviction=kc.eviction_hard,
+                            lease_renew_s=kc.lease_renew_s,
+                            lease_duration_s=kc.node_lease_duration_s,
+                            status_update_s=kc.node_status_update_frequency_s,
+                            status_report_s=kc.node_status_report_frequency_s,
+                            register_node=kc.register_node,
+                            max_images=kc.node_status_max_images,
                         ),
                         runtime_ready=self.runtime_ready,
                         images=self.images_for_node,
+                        pressure=lambda: self.pressure,
                     )
                     await node.register()
                     self.node_ctx.service_env = await self._service_env()
@@ -384,6 +436,7 @@ class Agent:
                         report_error=self.report_static_error,
                         mirrors=api_source.mirrors if api_source is not None else None,
                         mirror_created=self._resend_status,
+                        interval_s=kc.file_check_frequency_s,
                     )
                     if api_source is not None:
                         api_source.mirrors_changed = static.nudge

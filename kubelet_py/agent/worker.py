@@ -81,6 +81,12 @@ class NodeContext:
     cluster_domain: str
     host_resolv: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     service_env: Mapping[str, str] = field(default_factory=dict)
+    sync_frequency_s: float = 60.0
+    """syncFrequency: a pod with running containers is looked at least this often."""
+    pod_pids_limit: int = -1
+    """podPidsLimit: pids.max for each container (-1: unlimited)."""
+    image_pulls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    """serializeImagePulls / maxParallelImagePulls: how many pulls run at once on the node."""
 
 
 @dataclass
@@ -318,7 +324,7 @@ class PodWorker:
                 waits.append(max(0.1, self.image_backoff.until(f"{pod.uid}/{name}/image") - now))
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
-            waits.append(60.0)  # the kubelet's syncFrequency; the PLEG wakes us on changes
+            waits.append(self.node.sync_frequency_s)  # the PLEG wakes us on changes
         init_running = any(
             (o := obs.latest(c.name)) is not None and o.state == CState.RUNNING
             for c in pod.init_containers
@@ -464,7 +470,9 @@ class PodWorker:
         )
         started = time.monotonic()
         try:
-            ref = await self.cri.pull_image(c.image, await self._pull_auth(c.image), sandbox_cfg)
+            auth = await self._pull_auth(c.image)
+            async with self.node.image_pulls:
+                ref = await self.cri.pull_image(c.image, auth, sandbox_cfg)
         except CRIError as err:
             self.image_backoff.record_exit(key, now=self.clock(), ran_for_s=0)
             msg = f'Failed to pull image "{c.image}": {err}'
@@ -548,6 +556,8 @@ class PodWorker:
             mounts=mounts,
             log_path=f"{c.name}/{attempt}.log",
         )
+        if self.node.pod_pids_limit > 0:
+            cfg.linux.resources.unified["pids.max"] = str(self.node.pod_pids_limit)
         cfg.command[:] = [expand(x, env_map) for x in c.command]
         cfg.args[:] = [expand(x, env_map) for x in c.args]
         try:

@@ -135,8 +135,11 @@ class KubeletServer:
 
     def ssl_context(self) -> ssl.SSLContext:
         """TLS for :10250: our serving cert; client certs optional, verified if sent."""
-        cert_dir = self.config.cert_dir or self.host.root / "pki"
-        cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
+        if self.config.tls_cert_file is not None and self.config.tls_private_key_file is not None:
+            cert, key = self.config.tls_cert_file, self.config.tls_private_key_file
+        else:
+            cert_dir = self.config.cert_dir or self.host.root / "pki"
+            cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(cert, key)
