@@ -21,6 +21,7 @@ from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
 from kubelet_py.agent.events import EventRecorder
 from kubelet_py.agent.eviction import Candidate, EvictionManager
+from kubelet_py.agent.housekeeping import Housekeeper
 from kubelet_py.agent.kubeletconfig import KubeletConfiguration, default_eviction_hard
 from kubelet_py.agent.model import Pod
 from kubelet_py.agent.node import NodeManager, NodeSettings, memory_capacity_bytes
@@ -452,6 +453,15 @@ class Agent:
                 tg.create_task(
                     EvictionManager(self._eviction_candidates).run(), name="eviction-manager"
                 )
+                housekeeper = Housekeeper(
+                    cri=self.cri,
+                    config=kc,
+                    running_logs=lambda: [
+                        entry for w in list(self.workers.values()) for entry in w.running_logs()
+                    ],
+                    imagefs=self.config.root,
+                )
+                tg.create_task(housekeeper.run(), name="housekeeping")
                 self.ready.set()
                 log.info(
                     "node agent %s ready in %.2f s",

@@ -209,6 +209,19 @@ class PodWorker:
             self.eviction = message
             self.wake.set()
 
+    def running_logs(self) -> list[tuple[str, Path]]:
+        """(container ID, current CRI log file) of this pod's running containers."""
+        if self._obs is None:
+            return []
+        pod = self.pod
+        base = self.node.log_root / f"{pod.namespace}_{pod.name}_{pod.uid}"
+        return [
+            (o.id, base / o.name / f"{o.attempt}.log")
+            for group in self._obs.containers.values()
+            for o in group[:1]
+            if o.state == CState.RUNNING
+        ]
+
     def runtime_event(self) -> None:
         """The PLEG saw one of this pod's containers change state (or appear, or go)."""
         self.runtime_changed = True

@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -42,6 +44,8 @@ CONFIG = {
     "evictionPressureTransitionPeriod": "30s",
     "podPidsLimit": 64,
     "clusterDomain": "cfg.local",
+    "containerLogMaxSize": "4Ki",
+    "containerLogMaxFiles": 3,
     "bogusField": True,
 }
 
@@ -186,3 +190,36 @@ def test_pod_pids_limit_caps_processes(
     out = cfg_node.container_log(ns, "forker", "main")
     assert "started=100" not in out, out
     assert "Resource temporarily unavailable" in out, out
+
+
+def test_container_logs_are_rotated(
+    cfg_node: AgentNode, admin_api: client.ApiClient, ns: str
+) -> None:
+    """containerLogMaxSize 4Ki / containerLogMaxFiles 3: a chatty container's log is rotated
+    (renamed, reopened by the runtime, still written) and never more than 3 files are kept."""
+    core = client.CoreV1Api(admin_api)
+    script = (
+        "i=0; while true; do echo line $i padding-padding-padding; i=$((i+1)); sleep 0.01; done"
+    )
+    core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="chatty"),
+        spec=client.V1PodSpec(
+            node_name=NODE, termination_grace_period_seconds=1,
+            tolerations=[client.V1Toleration(operator="Exists")],
+            containers=[client.V1Container(name="main", image=IMAGE, image_pull_policy="IfNotPresent",
+                                           command=["sh", "-c", script])],
+        ),
+    ))  # fmt: skip
+
+    def log_files() -> list[Path]:
+        return sorted((cfg_node.root / "logs" / "pods").glob(f"{ns}_chatty_*/main/0.log*"))
+
+    wait_for("two rotations", lambda: len(log_files()) >= 3, 90, cfg_node)
+    for _ in range(3):  # keeps rotating, never keeps more than 3 files
+        time.sleep(4)
+        files = log_files()
+        assert len(files) <= 3, files
+    current = log_files()[0]
+    assert current.name == "0.log"  # the runtime reopened it after each rename and writes on
+    wait_for("new lines in the reopened log", lambda: "line" in current.read_text(), 10)
+    assert any("line" in f.read_text() for f in log_files() if f.name != "0.log")
