@@ -11,11 +11,12 @@ Fields that apply (and where they act): address, port, readOnlyPort (0 only), he
 healthzBindAddress, tlsCertFile/tlsPrivateKeyFile, authentication, authorization (server);
 staticPodPath, fileCheckFrequency (static source); syncFrequency (pod workers);
 nodeStatusUpdateFrequency, nodeStatusReportFrequency, nodeLeaseDurationSeconds, maxPods,
-systemReserved, kubeReserved, enforceNodeAllocatable, registerNode, registerWithTaints
-(node); evictionHard, evictionPressureTransitionPeriod (pressure conditions); podPidsLimit
-(containers' pids.max); clusterDNS, clusterDomain (resolv.conf); serializeImagePulls,
-maxParallelImagePulls (image pulls); imageGC*ThresholdPercent, containerLogMaxSize/Files,
-cgroupDriver (cgroupfs), rotateCertificates and serverTLSBootstrap (acknowledged).
+systemReserved, kubeReserved, registerNode, registerWithTaints (node; enforceNodeAllocatable
+is validated but no cgroup limit is set for all pods together); evictionHard,
+evictionPressureTransitionPeriod (pressure conditions); podPidsLimit (containers' pids.max);
+clusterDNS, clusterDomain (resolv.conf); serializeImagePulls, maxParallelImagePulls (pulls);
+imageGC*ThresholdPercent, imageMinimumGCAge, containerLogMaxSize/Files (housekeeping.py);
+cgroupDriver (cgroupfs only); rotateCertificates, serverTLSBootstrap (acknowledged, warned).
 """
 
 import ipaddress
@@ -498,6 +499,11 @@ def parse(doc: Mapping[str, Any]) -> tuple[KubeletConfiguration, list[str]]:
         errors.append(
             "invalid configuration: enforceNodeAllocatable (--enforce-node-allocatable) may not "
             'contain additional enforcements when "none" is specified'
+        )
+    if "enforceNodeAllocatable" in doc and cfg.enforce_node_allocatable != ("none",):
+        warnings.append(
+            "enforceNodeAllocatable: allocatable is reported to the API (capacity minus "
+            "reserved and hard-eviction amounts), but no cgroup limit is put on all pods together"
         )
     if cfg.read_only_port:
         warnings.append(
