@@ -179,6 +179,7 @@ class PodWorker:
         self.volume_paths: dict[str, Path] | None = None
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
+        self.ip_checked = False
         self.runtime_changed = True
         """Set by the PLEG when this pod's containers changed: the next sync asks the runtime.
         Otherwise a periodic resync reuses what it saw last (as upstream's PLEG cache)."""
@@ -294,6 +295,13 @@ class PodWorker:
             )
             return 0
         obs = await self._observe(now)
+        if not self.pod_ip and obs.sandbox_ready and obs.sandbox_id and not self.ip_checked:
+            # an adopted pod (agent restarted): its IP is the sandbox's, not unknown
+            self.ip_checked = True
+            try:
+                self.pod_ip = (await self.cri.pod_sandbox_status(obs.sandbox_id)).network.ip
+            except CRIError as err:
+                log.warning("sandbox status of pod %s failed: %s", pod.full_name, err)
         if self.volume_paths is None and obs.sandbox_ready and pod.volumes:
             # (Re)mount for a pod that already runs: adopted after an agent restart, or a
             # projected token due for renewal. Ownership (fsGroup) is applied again here,
