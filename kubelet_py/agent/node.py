@@ -246,11 +246,12 @@ class NodeManager:
         self._pressure = pressure
         self._last: dict[str, Any] | None = None
         self.registered = asyncio.Event()
+        self.node_uid = ""
 
     async def register(self) -> None:
         path = f"/api/v1/nodes/{self.settings.name}"
         try:
-            await self.api.get(path)
+            found = await self.api.get(path)
         except ApiError as err:
             if err.status != 404:
                 raise
@@ -260,11 +261,12 @@ class NodeManager:
                     "NotFound",
                     f"node {self.settings.name} does not exist and registerNode is false",
                 ) from err
-            await self.api.create("/api/v1/nodes", node_object(self.settings))
+            found = await self.api.create("/api/v1/nodes", node_object(self.settings))
             log.info("registered node %s", self.settings.name)
         else:
             labels = node_object(self.settings)["metadata"]["labels"]
             await self.api.patch(path, {"metadata": {"labels": labels}})
+        self.node_uid = str(found["metadata"]["uid"])
         await self.update_status(force=True)
         self.registered.set()
 
@@ -324,26 +326,24 @@ class NodeManager:
             "leaseDurationSeconds": self.settings.lease_duration_s,
             "renewTime": _micro_now(),
         }
+        owner = {"apiVersion": "v1", "kind": "Node", "name": self.settings.name}
         try:
-            await self.api.patch(path, {"spec": spec}, kind="merge")
+            # The owner reference goes along with every renewal: a Lease left by an earlier
+            # Node object of the same name would otherwise be garbage-collected under us.
+            meta = {"ownerReferences": [{**owner, "uid": self.node_uid}]} if self.node_uid else {}
+            await self.api.patch(path, {"metadata": meta, "spec": spec}, kind="merge")
         except ApiError as err:
             if err.status != 404:
                 raise
             node = await self.api.get(f"/api/v1/nodes/{self.settings.name}")
+            self.node_uid = str(node["metadata"]["uid"])
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {
                     "name": self.settings.name,
                     "namespace": "kube-node-lease",
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Node",
-                            "name": self.settings.name,
-                            "uid": node["metadata"]["uid"],
-                        }
-                    ],
+                    "ownerReferences": [{**owner, "uid": self.node_uid}],
                 },
                 "spec": spec,
             }
