@@ -8,6 +8,7 @@ standalone: static pods only, no API at all.
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -16,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kubelet_py.agent.agent import Agent, AgentConfig
+from kubelet_py.agent.kubeletconfig import ConfigError as KubeletConfigError
+from kubelet_py.agent.kubeletconfig import KubeletConfiguration, default_eviction_hard
+from kubelet_py.agent.kubeletconfig import load as load_kubelet_config
 from kubelet_py.agent.network import NetworkSettings
 from kubelet_py.server import ServerConfig
 
@@ -59,8 +61,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="the built-in runtime's OCI executor: kubelet-py-oci (ours, default), runc or crun",
     )
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
+    run.add_argument(
+        "--registry-certs-dir",
+        type=Path,
+        default=None,
+        help="<dir>/<host:port>/ca.crt: registry CAs to trust (default <root-dir>/certs.d)",
+    )
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
-    run.add_argument("--cluster-domain", default="cluster.local")
     run.add_argument(
         "--rotate-certificates",
         type=_flag,
@@ -81,6 +88,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="get the kubelet API's serving certificate from a kubernetes.io/kubelet-serving CSR "
         "(self-signed until an approver approves it) and renew it (default: on for `join`)",
     )
+    run.add_argument("--cluster-domain", default=None, help="default cluster.local")
     api = run.add_argument_group("kubelet API (HTTPS: kubectl logs through the API server)")
     api.add_argument("--port", type=int, default=None, help="HTTPS port (10250); 0 turns it off")
     api.add_argument(
@@ -145,24 +153,20 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
-def _server_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> ServerConfig:
-    """Flags first, then the KubeletConfiguration file's fields of the same meaning."""
-    authn = file_cfg.get("authentication") or {}
-    anonymous = args.anonymous_auth
-    if anonymous is None:
-        anonymous = bool((authn.get("anonymous") or {}).get("enabled", False))
-    ca = args.client_ca_file
-    if ca is None and (authn.get("x509") or {}).get("clientCAFile"):
-        ca = Path(authn["x509"]["clientCAFile"])
+def _server_config(kc: KubeletConfiguration) -> ServerConfig:
+    """The kubelet API server's settings from the effective configuration."""
     return ServerConfig(
-        port=args.port if args.port is not None else int(file_cfg.get("port", 10250)),
-        healthz_port=(
-            args.healthz_port
-            if args.healthz_port is not None
-            else int(file_cfg.get("healthzPort", 10248))
-        ),
-        anonymous_auth=anonymous,
-        client_ca_file=ca,
+        port=kc.port,
+        address=kc.address,
+        healthz_port=kc.healthz_port,
+        healthz_bind_address=kc.healthz_bind_address,
+        anonymous_auth=kc.anonymous_auth,
+        client_ca_file=Path(kc.client_ca_file) if kc.client_ca_file else None,
+        tls_cert_file=Path(kc.tls_cert_file) if kc.tls_cert_file else None,
+        tls_private_key_file=Path(kc.tls_private_key_file) if kc.tls_private_key_file else None,
+        authn_cache_ttl_s=kc.webhook_authn_cache_ttl_s,
+        authz_allowed_ttl_s=kc.authz_allowed_ttl_s,
+        authz_denied_ttl_s=kc.authz_denied_ttl_s,
     )
 
 
@@ -198,47 +202,64 @@ def _network_settings(args: argparse.Namespace) -> NetworkSettings:
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    file_cfg: dict[str, Any] = {}
+    """The agent's configuration: the KubeletConfiguration file (defaults applied), with the
+    flags that were given overriding it, as the upstream kubelet does. Raises ConfigError."""
+    kc = KubeletConfiguration(eviction_hard=default_eviction_hard())
     if args.config is not None:
-        file_cfg = yaml.safe_load(args.config.read_text()) or {}
+        kc, warnings = load_kubelet_config(args.config)
+        for warning in warnings:
+            logging.getLogger("kubelet_py").warning("kubelet config %s: %s", args.config, warning)
     node_name = (args.node_name or socket.gethostname()).lower()
     root: Path = args.root_dir
     labels = dict(kv.split("=", 1) for kv in filter(None, args.node_labels.split(",")))
-    taints = _taints(args.register_with_taints) or tuple(file_cfg.get("registerWithTaints") or ())
-    static = args.pod_manifest_path or (
-        Path(file_cfg["staticPodPath"]) if file_cfg.get("staticPodPath") else None
-    )
-    dns = tuple(filter(None, args.cluster_dns.split(","))) or tuple(
-        file_cfg.get("clusterDNS") or ()
-    )
+    overrides: dict[str, Any] = {}
+    if args.register_with_taints:
+        overrides["register_with_taints"] = _taints(args.register_with_taints)
+    if args.pod_manifest_path is not None:
+        overrides["static_pod_path"] = str(args.pod_manifest_path)
+    if args.cluster_dns:
+        overrides["cluster_dns"] = tuple(filter(None, args.cluster_dns.split(",")))
+    if args.cluster_domain is not None:
+        overrides["cluster_domain"] = args.cluster_domain
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.healthz_port is not None:
+        overrides["healthz_port"] = args.healthz_port
+    if args.anonymous_auth is not None:
+        overrides["anonymous_auth"] = args.anonymous_auth
+    if args.client_ca_file is not None:
+        overrides["client_ca_file"] = str(args.client_ca_file)
+    kc = dataclasses.replace(kc, **overrides)
     return AgentConfig(
         node_name=node_name,
         node_ip=args.node_ip or _default_ip(),
         root=root,
         kubeconfig=args.kubeconfig,
-        static_pod_path=static,
+        static_pod_path=Path(kc.static_pod_path) if kc.static_pod_path else None,
         cri_socket=args.cri_socket or (root / "cri.sock"),
         embedded_runtime=not args.remote_runtime,
         cgroup_parent=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
-        cluster_dns=dns,
-        cluster_domain=file_cfg.get("clusterDomain") or args.cluster_domain,
+        cluster_dns=kc.cluster_dns,
+        cluster_domain=kc.cluster_domain or "cluster.local",
         node_labels=labels,
-        register_with_taints=taints,
-        max_pods=int(file_cfg.get("maxPods", 110)),
+        register_with_taints=kc.register_with_taints,
+        max_pods=kc.max_pods,
         plain_http_registries=tuple(args.plain_http_registry),
-        kubelet_server=_server_config(args, file_cfg),
-        rotate_client_certificates=bool(
+        rotate_client_certificates=(
             args.rotate_certificates
             if args.rotate_certificates is not None
-            else file_cfg.get("rotateCertificates", False)
+            else kc.rotate_certificates
         ),
-        rotate_server_certificates=bool(
+        rotate_server_certificates=(
             args.rotate_server_certificates
             if args.rotate_server_certificates is not None
-            else file_cfg.get("serverTLSBootstrap", False)
+            else kc.server_tls_bootstrap
         ),
         network=_network_settings(args),
+        registry_certs_dir=args.registry_certs_dir,
+        kubelet_server=_server_config(kc),
+        kubelet=kc,
     )
 
 
@@ -264,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("error: the node agent needs root (namespaces, mounts, cgroups)", file=sys.stderr)
         return 1
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except KubeletConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     config.root.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_main(config))

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cri.dirwatch import DirWatch, DirWatchError
 from cri.images import ImageService, NoCommandError, resolve_command
 from cri.runtime import mounts, podinit, seccomp
 from cri.runtime.cgroups import CgroupStats, CgroupV1, CgroupV2, new_driver
@@ -55,6 +56,9 @@ from cri.runtime.translate import ImageDefaults, SandboxPaths, container_spec, r
 from cri.runtime.usage import DirUsage, InterfaceUsage, dir_usage, netns_interfaces
 
 log = logging.getLogger("kubelet_py.cri.runtime")
+
+EXIT_FULL_PASS_S = 10.0
+"""How often every live container is checked even without an exit-file event."""
 
 RUNTIME_NAME = "kubelet-py"
 RUNTIME_VERSION = "0.1.0"
@@ -148,28 +152,42 @@ class RuntimeService:
     async def _watch_exits(self) -> None:
         """Turn conmon's exit files into EXITED records.
 
-        Cheap per tick: one listdir of the exits dir, and only containers whose exit
-        file appeared are reconciled. Every few seconds a full pass also catches a
-        monitor that died without writing one. (With 100 pods the naive every-tick
-        full pass cost ~6 % of a core.)
+        Event-driven: an inotify watch on the exits dir wakes this task when conmon writes
+        a file, and only containers whose exit file appeared are reconciled. Every
+        EXIT_FULL_PASS_S a full pass also catches a monitor that died without writing one
+        (and anything a full inotify queue dropped). Polling the dir every 0.2 s instead
+        cost a measurable share of a core's idle time with 100 pods.
         """
+        changed = asyncio.Event()
+        watch: DirWatch | None = None
+        self.executor.exits_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            watch = DirWatch(self.executor.exits_dir, changed.set)
+        except DirWatchError as err:
+            log.warning("exit watcher: %s; polling the exits dir instead", err)
         loop = asyncio.get_running_loop()
-        last_full = 0.0
-        while True:
-            live = [
-                r
-                for r in self._containers.values()
-                if r.state in (ContainerState.RUNNING.value, ContainerState.CREATED.value)
-            ]
-            if live:
-                full = loop.time() - last_full >= 5.0
-                exited = set() if full else self.executor.exit_ids()
+        last_full = loop.time()
+        try:
+            while True:
+                timeout = EXIT_FULL_PASS_S - (loop.time() - last_full) if watch else 0.2
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(0.0, timeout))
+                changed.clear()
+                live = [
+                    r
+                    for r in self._containers.values()
+                    if r.state in (ContainerState.RUNNING.value, ContainerState.CREATED.value)
+                ]
+                full = loop.time() - last_full >= EXIT_FULL_PASS_S
+                exited = set() if full or not live else self.executor.exit_ids()
                 for record in live:
                     if full or record.id in exited:
                         self._reconcile_exit(record)
                 if full:
                     last_full = loop.time()
-            await asyncio.sleep(0.2)
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _container_cgroup(self, record: ContainerRecord) -> str:
         return record.cgroup_path

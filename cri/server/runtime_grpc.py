@@ -134,6 +134,7 @@ def container_config_from(pb: Any) -> model.ContainerConfig:
             cpu_shares=res.cpu_shares,
             memory_limit_bytes=res.memory_limit_in_bytes,
             oom_score_adj=res.oom_score_adj,
+            pids_limit=_pids_max(res.unified.get("pids.max", "")),
         ),
         security=model.SecurityContext(
             privileged=sec.privileged,
@@ -154,6 +155,11 @@ def container_config_from(pb: Any) -> model.ContainerConfig:
         ),
         stop_signal=api_pb2.Signal.Name(pb.stop_signal) if pb.stop_signal else "",
     )
+
+
+def _pids_max(text: str) -> int:
+    """unified["pids.max"] (what a kubelet sends for podPidsLimit) as a pids limit; 0: none."""
+    return int(text) if text.strip().isdigit() else 0
 
 
 def _wanted(r: ContainerRecord, f: Any) -> bool:

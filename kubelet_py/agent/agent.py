@@ -23,10 +23,14 @@ from kubelet_py.agent.cri_client import CRIError, GrpcCRI
 from kubelet_py.agent.criconfig import POD_UID
 from kubelet_py.agent.csi import CsiVolumes
 from kubelet_py.agent.events import EventRecorder
+from kubelet_py.agent.eviction import Candidate, EvictionManager
+from kubelet_py.agent.housekeeping import Housekeeper
+from kubelet_py.agent.kubeletconfig import KubeletConfiguration, default_eviction_hard
 from kubelet_py.agent.model import Pod
 from kubelet_py.agent.network import CNIPodNetwork, NetworkSettings, NodeNetwork, NodePaths
-from kubelet_py.agent.node import NodeManager, NodeSettings
+from kubelet_py.agent.node import NodeManager, NodeSettings, memory_capacity_bytes
 from kubelet_py.agent.plan import Backoff
+from kubelet_py.agent.pressure import PressureTracker, measure
 from kubelet_py.agent.sources import ApiPodSource, StaticPodSource
 from kubelet_py.agent.volumes import VolumeManager
 from kubelet_py.agent.worker import NodeContext, PodWorker
@@ -37,6 +41,9 @@ from kubelet_py.server import KubeletHost, KubeletServer, ServerConfig
 from kubelet_py.stats import Sampler, SummaryProvider
 
 log = logging.getLogger("kubelet_py.agent")
+
+TERMINAL_REASONS = ("Evicted", "DeadlineExceeded")
+"""A pod the API has as Failed with one of these was ended by its node: never restart it."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class AgentConfig:
     max_pods: int = 110
     network: NetworkSettings = field(default_factory=NetworkSettings)
     plain_http_registries: tuple[str, ...] = ()
+    registry_certs_dir: Path | None = None
+    """`<dir>/<host[:port]>/ca.crt`: the CA a registry's TLS certificate must chain to (the
+    certs.d layout of Docker and containerd); None means <root>/certs.d."""
     pleg_period_s: float = 1.0
     kubelet_server: ServerConfig = field(default_factory=ServerConfig)
     rotate_client_certificates: bool = False
@@ -65,6 +75,10 @@ class AgentConfig:
     rotate_server_certificates: bool = False
     """Get and renew the serving cert through kubelet-serving CSRs (serverTLSBootstrap)."""
     plugins_registry: Path | None = None  # CSI plugin registration dir; <root>/plugins_registry
+    kubelet: KubeletConfiguration = field(
+        default_factory=lambda: KubeletConfiguration(eviction_hard=default_eviction_hard())
+    )
+    """The effective KubeletConfiguration (file + flags); /configz serves it."""
 
 
 def _host_resolv() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -95,7 +109,12 @@ class Agent:
         )
         self.cri = GrpcCRI(str(config.cri_socket))
         self.events = EventRecorder(self.api, node_name=config.node_name)
-        self.volumes = VolumeManager(config.root, api=self.api, node_name=config.node_name)
+        self.volumes = VolumeManager(
+            config.root,
+            api=self.api,
+            node_name=config.node_name,
+            node_allocatable_memory=memory_capacity_bytes(),
+        )
         self.csi = CsiVolumes(
             config.root,
             node_name=config.node_name,
@@ -113,9 +132,19 @@ class Agent:
             cluster_dns=config.cluster_dns,
             cluster_domain=config.cluster_domain,
             host_resolv=_host_resolv(),
+            sync_frequency_s=config.kubelet.sync_frequency_s,
+            pod_pids_limit=config.kubelet.pod_pids_limit,
+            image_pulls=asyncio.Semaphore(
+                1
+                if config.kubelet.serialize_image_pulls
+                else (config.kubelet.max_parallel_image_pulls or 1_000_000)
+            ),
         )
         self.net_paths = NodePaths.under(config.root, config.network)
         self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()
+        self.pressure: dict[str, tuple[bool, str]] = {}
+        """UIDs of pods this node ended as Failed (evicted, deadline) that the API still has."""
         self.worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._runtime: Any = None
@@ -145,7 +174,7 @@ class Agent:
                     self.workers[uid].waiting.get(name) if uid in self.workers else None
                 ),
                 ready=self.ready,
-                configz=lambda: self.config,
+                configz=lambda: self.config.kubelet.to_v1beta1(),
             ),
         )
 
@@ -155,6 +184,16 @@ class Agent:
         worker = self.workers.get(pod.uid)
         if worker is not None:
             worker.update(pod)
+            return
+        if pod.uid in self.finished or (
+            pod.phase == "Failed" and pod.status_reason in TERMINAL_REASONS
+        ):
+            # Ended by this node (evicted, past its deadline): it stays Failed in the API and
+            # is never started again; once someone deletes it, it is removed for good.
+            self.finished.add(pod.uid)
+            if pod.terminating and self.api is not None and not pod.static:
+                assert self._tg is not None
+                self._tg.create_task(self._delete_finished(pod), name=f"delete:{pod.full_name}")
             return
         worker = PodWorker(
             pod,
@@ -171,9 +210,21 @@ class Agent:
         self.worker_tasks[pod.uid] = self._tg.create_task(worker.run(), name=f"pod:{pod.full_name}")
 
     def remove(self, uid: str) -> None:
+        self.finished.discard(uid)
         worker = self.workers.get(uid)
         if worker is not None:
             worker.remove()
+
+    async def _delete_finished(self, pod: Pod) -> None:
+        assert self.api is not None
+        try:
+            await self.api.delete(
+                f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.uid}},
+            )
+        except ApiError as err:
+            if err.status not in (404, 409):
+                log.warning("deleting finished pod %s failed: %s", pod.full_name, err)
 
     def _resend_status(self, uid: str) -> None:
         """A new mirror pod starts without status: make the worker send it again."""
@@ -183,8 +234,17 @@ class Agent:
             worker.wake.set()
 
     def _forget(self, uid: str) -> None:
-        self.workers.pop(uid, None)
+        worker = self.workers.pop(uid, None)
         self.worker_tasks.pop(uid, None)
+        if worker is not None and worker.terminal_reason and not worker.removed:
+            self.finished.add(uid)
+
+    def _eviction_candidates(self) -> list[Candidate]:
+        return [
+            Candidate(w.pod, self.volumes.size_limited_dirs(w.pod), w.evict)
+            for w in self.workers.values()
+            if not w.finished and not w.pod.terminating
+        ]
 
     def report_static_error(self, path: str, message: str) -> None:
         log.error("static pod manifest %s is invalid: %s", path, message)
@@ -198,6 +258,12 @@ class Agent:
         from cri.server import CRIServer
 
         hosts = {h: RegistryHost(plain_http=True) for h in self.config.plain_http_registries}
+        certs = self.config.registry_certs_dir or self.config.root / "certs.d"
+        if certs.is_dir():
+            for d in sorted(certs.iterdir()):
+                if (d / "ca.crt").is_file() and d.name not in hosts:
+                    hosts[d.name] = RegistryHost(ca_file=d / "ca.crt")
+                    log.info("registry %s: trusting the CA in %s", d.name, d / "ca.crt")
         images = ImageService(self.config.root / "images", registry=RegistryConfig(hosts=hosts))
         pod_network = None
         if self.config.network.mode == "cni":
@@ -284,8 +350,9 @@ class Agent:
     # ---- PLEG -------------------------------------------------------------------------
 
     async def _pleg(self) -> None:
-        """Relist containers; wake the workers of pods whose containers changed state."""
-        last: dict[str, int] = {}
+        """Relist containers; tell the workers of pods whose containers changed state,
+        appeared or went away (their next sync asks the runtime; others reuse their view)."""
+        last: dict[str, tuple[int, str]] = {}
         while True:
             await asyncio.sleep(self.config.pleg_period_s)
             started = time.monotonic()
@@ -295,12 +362,15 @@ class Agent:
             except CRIError as err:
                 log.warning("PLEG relist failed: %s", err)
                 continue
-            now = {c.id: int(c.state) for c in containers}
-            changed = {cid for cid in set(now) | set(last) if now.get(cid) != last.get(cid)}
-            uids = {c.labels.get(POD_UID) for c in containers if c.id in changed}
+            now = {c.id: (int(c.state), c.labels.get(POD_UID, "")) for c in containers}
+            if now == last:
+                continue
+            uids = {v[1] for cid, v in now.items() if last.get(cid) != v}
+            uids |= {v[1] for cid, v in last.items() if cid not in now}
             for uid in uids:
-                if uid and uid in self.workers:
-                    self.workers[uid].wake.set()
+                worker = self.workers.get(uid)
+                if worker is not None:
+                    worker.runtime_event()
             last = now
 
     async def _adopt_orphans(self) -> None:
@@ -371,8 +441,34 @@ class Agent:
 
     # ---- run ---------------------------------------------------------------------------
 
+    async def _watch_pressure(self) -> None:
+        """Measure the eviction signals every 10 s (upstream's monitoring interval)."""
+        kc = self.config.kubelet
+        tracker = PressureTracker(
+            kc.eviction_hard, transition_s=kc.eviction_pressure_transition_period_s
+        )
+        images = self.config.root / "images"
+        while True:
+            try:
+                signals = await asyncio.to_thread(
+                    measure,
+                    nodefs=self.config.root,
+                    imagefs=images if images.exists() else self.config.root,
+                    memory_capacity=memory_capacity_bytes(),
+                )
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("measuring node pressure failed: %s", err)
+            else:
+                now = tracker.update(signals)
+                for cond, (under, why) in now.items():
+                    if under != self.pressure.get(cond, (False, ""))[0]:
+                        log.warning("node condition %s is now %s (%s)", cond, under, why or "ok")
+                self.pressure = now
+            await asyncio.sleep(10.0)
+
     async def run(self) -> None:
         started = time.monotonic()
+        kc = self.config.kubelet
         if self.config.embedded_runtime:
             await self._start_embedded_runtime()
         try:
@@ -388,6 +484,7 @@ class Agent:
                 tg.create_task(self.kubelet_server.run(), name="kubelet-server")
                 for name, rotator in self._rotators():
                     tg.create_task(rotator.run(), name=name)
+                tg.create_task(self._watch_pressure(), name="node-pressure")
                 api_source = None
                 if self.api is not None:
                     node = NodeManager(
@@ -400,9 +497,20 @@ class Agent:
                             max_pods=self.config.max_pods,
                             kubelet_port=self.config.kubelet_server.port or 10250,
                             root=self.config.root,
+                            reserved_cpu_milli=int(kc.reserved("cpu") * 1000),
+                            reserved_memory_bytes=int(kc.reserved("memory")),
+                            reserved_ephemeral_bytes=int(kc.reserved("ephemeral-storage")),
+                            hard_eviction=kc.eviction_hard,
+                            lease_renew_s=kc.lease_renew_s,
+                            lease_duration_s=kc.node_lease_duration_s,
+                            status_update_s=kc.node_status_update_frequency_s,
+                            status_report_s=kc.node_status_report_frequency_s,
+                            register_node=kc.register_node,
+                            max_images=kc.node_status_max_images,
                         ),
                         runtime_ready=self.runtime_ready,
                         images=self.images_for_node,
+                        pressure=lambda: self.pressure,
                     )
                     await node.register()
                 if self.config.network.mode == "cni":
@@ -436,7 +544,10 @@ class Agent:
                         report_error=self.report_static_error,
                         mirrors=api_source.mirrors if api_source is not None else None,
                         mirror_created=self._resend_status,
+                        interval_s=kc.file_check_frequency_s,
                     )
+                    if api_source is not None:
+                        api_source.mirrors_changed = static.nudge
                     static_pods = await asyncio.to_thread(static.scan)
                     for pod in static_pods.values():
                         self.upsert(pod)
@@ -448,6 +559,18 @@ class Agent:
                 tg.create_task(Sampler(self.stats).run(), name="stats-sampler")
                 self.csi.sweeping = True  # every running pod has its worker now
                 tg.create_task(self._pleg(), name="pleg")
+                tg.create_task(
+                    EvictionManager(self._eviction_candidates).run(), name="eviction-manager"
+                )
+                housekeeper = Housekeeper(
+                    cri=self.cri,
+                    config=kc,
+                    running_logs=lambda: [
+                        entry for w in list(self.workers.values()) for entry in w.running_logs()
+                    ],
+                    imagefs=self.config.root,
+                )
+                tg.create_task(housekeeper.run(), name="housekeeping")
                 self.ready.set()
                 log.info(
                     "node agent %s ready in %.2f s",

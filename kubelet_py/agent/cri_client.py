@@ -45,6 +45,8 @@ class CRIRuntime(Protocol):
     async def image_status(self, image: str) -> Any: ...
     async def list_images(self) -> list[Any]: ...
     async def image_fs_info(self) -> Any: ...
+    async def remove_image(self, image: str) -> None: ...
+    async def reopen_container_log(self, container_id: str) -> None: ...
 
 
 class GrpcCRI:
@@ -203,3 +205,14 @@ class GrpcCRI:
 
     async def image_fs_info(self) -> Any:
         return await self._call(self._img.ImageFsInfo, api_pb2.ImageFsInfoRequest())
+
+    async def remove_image(self, image: str) -> None:
+        await self._call(
+            self._img.RemoveImage, api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image))
+        )
+
+    async def reopen_container_log(self, container_id: str) -> None:
+        await self._call(
+            self._rt.ReopenContainerLog,
+            api_pb2.ReopenContainerLogRequest(container_id=container_id),
+        )

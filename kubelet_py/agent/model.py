@@ -49,6 +49,10 @@ class Probe:
     timeout_s: int = 1
     success_threshold: int = 1
     failure_threshold: int = 3
+    service: str = ""
+    """gRPC probes: the service name sent in grpc.health.v1 HealthCheckRequest."""
+    termination_grace_s: int | None = None
+    """Probe-level terminationGracePeriodSeconds: the grace of a kill this probe causes."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,13 @@ class Pod:
     run_as_user: int | None = None
     run_as_group: int | None = None
     fs_group: int | None = None
+    fs_group_change_policy: str = ""
+    """"OnRootMismatch" skips the recursive ownership change when the volume root is right."""
     supplemental_groups: tuple[int, ...] = ()
     resource_version: str = ""
+    phase: str = ""
+    """status.phase as the API has it (a restarted agent must not revive an evicted pod)."""
+    status_reason: str = ""
     static: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -146,6 +155,11 @@ def _probe(raw: Mapping[str, Any] | None) -> Probe | None:
         "timeout_s": int(raw.get("timeoutSeconds", 1)),
         "success_threshold": int(raw.get("successThreshold", 1)),
         "failure_threshold": int(raw.get("failureThreshold", 3)),
+        "termination_grace_s": (
+            int(raw["terminationGracePeriodSeconds"])
+            if raw.get("terminationGracePeriodSeconds") is not None
+            else None
+        ),
     }
     if "exec" in raw:
         return Probe(kind="exec", command=tuple(raw["exec"].get("command") or ()), **common)
@@ -167,7 +181,12 @@ def _probe(raw: Mapping[str, Any] | None) -> Probe | None:
             **common,
         )
     if "grpc" in raw:
-        return Probe(kind="grpc", port=int(raw["grpc"].get("port", 0)), **common)
+        return Probe(
+            kind="grpc",
+            port=int(raw["grpc"].get("port", 0)),
+            service=str(raw["grpc"].get("service") or ""),
+            **common,
+        )
     if "sleep" in raw:
         return Probe(
             kind="sleep",
@@ -314,8 +333,11 @@ def pod_from_api(obj: Mapping[str, Any], *, static: bool = False) -> Pod:
         run_as_user=sc.get("runAsUser"),
         run_as_group=sc.get("runAsGroup"),
         fs_group=sc.get("fsGroup"),
+        fs_group_change_policy=sc.get("fsGroupChangePolicy") or "",
         supplemental_groups=tuple(sc.get("supplementalGroups") or ()),
         resource_version=meta.get("resourceVersion", ""),
+        phase=(obj.get("status") or {}).get("phase") or "",
+        status_reason=(obj.get("status") or {}).get("reason") or "",
         static=static,
         raw=obj,
     )

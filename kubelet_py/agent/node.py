@@ -20,6 +20,7 @@ from typing import Any
 
 from kubelet_py import __version__
 from kubelet_py.agent.apiclient import ApiClient, ApiError
+from kubelet_py.agent.kubeletconfig import Threshold
 
 log = logging.getLogger("kubelet_py.node")
 
@@ -39,7 +40,15 @@ class NodeSettings:
     root: Path = Path("/var/lib/kubelet-py")
     lease_renew_s: float = 10.0
     lease_duration_s: int = 40
+    status_update_s: float = 10.0
+    """nodeStatusUpdateFrequency: how often status is computed (and patched if changed)."""
     status_report_s: float = 300.0
+    """nodeStatusReportFrequency: status is patched at least this often even if unchanged."""
+    register_node: bool = True
+    reserved_ephemeral_bytes: int = 0
+    hard_eviction: tuple[Threshold, ...] = ()
+    """evictionHard: memory.available and nodefs.available are held back from allocatable."""
+    max_images: int = 50
     runtime_version: str = f"kubelet-py://{__version__}"
 
 
@@ -91,13 +100,45 @@ def node_object(settings: NodeSettings) -> dict[str, Any]:
     }
 
 
+def _held_back(settings: NodeSettings, signal: str, capacity: int) -> int:
+    for t in settings.hard_eviction:
+        if t.signal == signal:
+            return int(t.limit(capacity))
+    return 0
+
+
+PRESSURE_TEXT = {
+    # condition: (reason when True, message when True, reason when False, message when False)
+    "MemoryPressure": (
+        "KubeletHasInsufficientMemory",
+        "kubelet has insufficient memory available",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    "DiskPressure": (
+        "KubeletHasDiskPressure",
+        "kubelet has disk pressure",
+        "KubeletHasNoDiskPressure",
+        "kubelet has no disk pressure",
+    ),
+    "PIDPressure": (
+        "KubeletHasInsufficientPID",
+        "kubelet has insufficient PID available",
+        "KubeletHasSufficientPID",
+        "kubelet has sufficient PID available",
+    ),
+}
+
+
 def node_status(
     settings: NodeSettings,
     *,
     runtime_ready: tuple[bool, str],
     images: list[dict[str, Any]],
     previous: Mapping[str, Mapping[str, Any]] | None = None,
+    pressure: Mapping[str, tuple[bool, str]] | None = None,
 ) -> dict[str, Any]:
+    """The Node's status. `pressure[condition]` = (under pressure, which thresholds)."""
     cpus = os.cpu_count() or 1
     mem = memory_capacity_bytes()
     disk = shutil.disk_usage(settings.root if settings.root.exists() else Path("/"))
@@ -107,11 +148,15 @@ def node_status(
         "pods": str(settings.max_pods),
         "ephemeral-storage": f"{disk.total // 1024}Ki",
     }
+    mem_allocatable = mem - settings.reserved_memory_bytes
+    mem_allocatable -= _held_back(settings, "memory.available", mem)
+    disk_allocatable = disk.total - settings.reserved_ephemeral_bytes
+    disk_allocatable -= _held_back(settings, "nodefs.available", disk.total)
     allocatable = {
-        "cpu": f"{cpus * 1000 - settings.reserved_cpu_milli}m",
-        "memory": f"{max(0, mem - settings.reserved_memory_bytes) // 1024}Ki",
+        "cpu": f"{max(0, cpus * 1000 - settings.reserved_cpu_milli)}m",
+        "memory": f"{max(0, mem_allocatable) // 1024}Ki",
         "pods": str(settings.max_pods),
-        "ephemeral-storage": f"{disk.total // 1024}Ki",
+        "ephemeral-storage": f"{max(0, disk_allocatable) // 1024}Ki",
     }
     now = _now()
     ok, why = runtime_ready
@@ -128,28 +173,15 @@ def node_status(
             "lastTransitionTime": changed,
         }
 
-    disk_pressure = disk.free / disk.total < 0.10 if disk.total else False
-    conditions = [
-        cond(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        cond(
-            "DiskPressure",
-            "True" if disk_pressure else "False",
-            "KubeletHasDiskPressure" if disk_pressure else "KubeletHasNoDiskPressure",
-            "less than 10% of the root filesystem is free"
-            if disk_pressure
-            else "kubelet has no disk pressure",
-        ),
-        cond(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+    conditions = []
+    for kind, (yes_reason, yes_msg, no_reason, no_msg) in PRESSURE_TEXT.items():
+        under, why = (pressure or {}).get(kind, (False, ""))
+        conditions.append(
+            cond(kind, "True", yes_reason, f"{yes_msg}: {why}" if why else yes_msg)
+            if under
+            else cond(kind, "False", no_reason, no_msg)
+        )
+    conditions += [
         cond(
             "Ready",
             "True" if ok else "False",
@@ -193,7 +225,7 @@ def node_status(
             "operatingSystem": "linux",
             "architecture": node_object(settings)["metadata"]["labels"]["kubernetes.io/arch"],
         },
-        "images": images[:50],
+        "images": images if settings.max_images < 0 else images[: settings.max_images],
     }
 
 
@@ -205,26 +237,36 @@ class NodeManager:
         *,
         runtime_ready: Callable[[], "asyncio.Future[tuple[bool, str]] | Any"],
         images: Callable[[], Any],
+        pressure: Callable[[], Mapping[str, tuple[bool, str]]] = dict,
     ) -> None:
         self.api = api
         self.settings = settings
         self._runtime_ready = runtime_ready
         self._images = images
+        self._pressure = pressure
         self._last: dict[str, Any] | None = None
         self.registered = asyncio.Event()
+        self.node_uid = ""
 
     async def register(self) -> None:
         path = f"/api/v1/nodes/{self.settings.name}"
         try:
-            await self.api.get(path)
+            found = await self.api.get(path)
         except ApiError as err:
             if err.status != 404:
                 raise
-            await self.api.create("/api/v1/nodes", node_object(self.settings))
+            if not self.settings.register_node:
+                raise ApiError(
+                    404,
+                    "NotFound",
+                    f"node {self.settings.name} does not exist and registerNode is false",
+                ) from err
+            found = await self.api.create("/api/v1/nodes", node_object(self.settings))
             log.info("registered node %s", self.settings.name)
         else:
             labels = node_object(self.settings)["metadata"]["labels"]
             await self.api.patch(path, {"metadata": {"labels": labels}})
+        self.node_uid = str(found["metadata"]["uid"])
         await self.update_status(force=True)
         self.registered.set()
 
@@ -232,7 +274,13 @@ class NodeManager:
         ready = await self._runtime_ready()
         images = await self._images()
         prev = {c["type"]: c for c in (self._last or {}).get("conditions", [])}
-        status = node_status(self.settings, runtime_ready=ready, images=images, previous=prev)
+        status = node_status(
+            self.settings,
+            runtime_ready=ready,
+            images=images,
+            previous=prev,
+            pressure=self._pressure(),
+        )
         comparable = {k: v for k, v in status.items() if k != "conditions"}
         conds = [
             {k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in status["conditions"]
@@ -252,7 +300,7 @@ class NodeManager:
         last_full = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.settings.lease_renew_s)
+            await asyncio.sleep(self.settings.status_update_s)
             force = loop.time() - last_full > self.settings.status_report_s
             try:
                 await self.update_status(force=force)
@@ -278,26 +326,24 @@ class NodeManager:
             "leaseDurationSeconds": self.settings.lease_duration_s,
             "renewTime": _micro_now(),
         }
+        owner = {"apiVersion": "v1", "kind": "Node", "name": self.settings.name}
         try:
-            await self.api.patch(path, {"spec": spec}, kind="merge")
+            # The owner reference goes along with every renewal: a Lease left by an earlier
+            # Node object of the same name would otherwise be garbage-collected under us.
+            meta = {"ownerReferences": [{**owner, "uid": self.node_uid}]} if self.node_uid else {}
+            await self.api.patch(path, {"metadata": meta, "spec": spec}, kind="merge")
         except ApiError as err:
             if err.status != 404:
                 raise
             node = await self.api.get(f"/api/v1/nodes/{self.settings.name}")
+            self.node_uid = str(node["metadata"]["uid"])
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {
                     "name": self.settings.name,
                     "namespace": "kube-node-lease",
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Node",
-                            "name": self.settings.name,
-                            "uid": node["metadata"]["uid"],
-                        }
-                    ],
+                    "ownerReferences": [{**owner, "uid": self.node_uid}],
                 },
                 "spec": spec,
             }

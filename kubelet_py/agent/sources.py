@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from cri.dirwatch import DirWatch, DirWatchError
 from kubelet_py.agent.apiclient import ApiClient, ApiError, WatchExpired
 from kubelet_py.agent.model import Pod, pod_from_api
 
@@ -39,6 +40,8 @@ class ApiPodSource:
         self.synced = asyncio.Event()
         self.mirrors: dict[str, str] = {}
         """namespace/name -> config hash of every mirror pod of this node (from the watch)."""
+        self.mirrors_changed: Callable[[], None] = lambda: None
+        """Called when a mirror pod went away (the static source recreates it)."""
 
     def _note_mirror(self, kind: str, obj: dict[str, Any]) -> bool:
         meta = obj["metadata"]
@@ -48,6 +51,7 @@ class ApiPodSource:
         key = f"{meta.get('namespace')}/{meta.get('name')}"
         if kind == "DELETED":
             self.mirrors.pop(key, None)
+            self.mirrors_changed()
         else:
             self.mirrors[key] = mirror
         return True
@@ -69,6 +73,7 @@ class ApiPodSource:
                 for uid in known - current:
                     self.remove(uid)
                 known = current
+                self.mirrors_changed()
                 self.synced.set()
                 rv = listing["metadata"]["resourceVersion"]
                 while True:
@@ -128,7 +133,7 @@ class StaticPodSource:
         report_error: Callable[[str, str], None],
         mirrors: dict[str, str] | None = None,
         mirror_created: Callable[[str], None] = lambda _uid: None,
-        interval_s: float = 1.0,
+        interval_s: float = 20.0,
     ) -> None:
         self.mirrors = mirrors if mirrors is not None else {}
         self.mirror_created = mirror_created
@@ -140,45 +145,95 @@ class StaticPodSource:
         self.interval_s = interval_s
         self.pods: dict[str, Pod] = {}  # uid -> pod
         self._errors: dict[str, str] = {}
+        self._parsed: dict[str, tuple[tuple[int, int, int], tuple[Pod, ...]]] = {}
+        """path -> ((inode, size, mtime_ns), its pods): unchanged files are not re-parsed."""
+        self._wake = asyncio.Event()
 
     def scan(self) -> dict[str, Pod]:
         found: dict[str, Pod] = {}
         if not self.directory.is_dir():
+            self._parsed.clear()
             return found
+        seen: set[str] = set()
         for path in sorted(self.directory.iterdir()):
             if path.name.startswith(".") or path.suffix not in (".yaml", ".yml", ".json"):
                 continue
+            key = str(path)
             try:
-                docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-                for doc in docs:
-                    if not isinstance(doc, dict) or doc.get("kind") != "Pod":
-                        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-                        raise ValueError(f"expected a Pod, found kind {kind}")
-                    if not (doc.get("spec") or {}).get("containers"):
-                        raise ValueError("spec.containers is empty")
-                    pod = static_pod(doc, node_name=self.node_name, source="file")
+                st = path.stat()
+                signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+                cached = self._parsed.get(key)
+                if cached is not None and cached[0] == signature:
+                    pods = cached[1]
+                else:
+                    pods = self._parse(path)
+                    self._parsed[key] = (signature, pods)
+                seen.add(key)
+                for pod in pods:
                     found[pod.uid] = pod
-                self._errors.pop(str(path), None)
+                self._errors.pop(key, None)
             except (yaml.YAMLError, ValueError, KeyError, TypeError, OSError) as err:
+                self._parsed.pop(key, None)
                 message = f"{err}".replace("\n", " ")
-                if self._errors.get(str(path)) != message:
-                    self._errors[str(path)] = message
-                    self.report_error(str(path), message)
+                if self._errors.get(key) != message:
+                    self._errors[key] = message
+                    self.report_error(key, message)
+        for gone in set(self._parsed) - seen:
+            del self._parsed[gone]
         return found
 
+    def _parse(self, path: Path) -> tuple[Pod, ...]:
+        pods = []
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            if not isinstance(doc, dict) or doc.get("kind") != "Pod":
+                kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+                raise ValueError(f"expected a Pod, found kind {kind}")
+            if not (doc.get("spec") or {}).get("containers"):
+                raise ValueError("spec.containers is empty")
+            pods.append(static_pod(doc, node_name=self.node_name, source="file"))
+        return tuple(pods)
+
+    def nudge(self) -> None:
+        """Look at the directory (and the mirror pods) again now."""
+        self._wake.set()
+
+    async def _wait_for_change(self, watch: DirWatch | None) -> DirWatch | None:
+        """Until the directory changes (inotify) or `nudge()`, at most `interval_s` (the
+        kubelet's fileCheckFrequency: the backstop for missed events)."""
+        if watch is None and self.directory.is_dir():
+            try:
+                watch = DirWatch(self.directory, self.nudge)
+            except DirWatchError as err:
+                log.warning("static pods: %s; rescanning every second", err)
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.interval_s if watch else 1.0)
+            await asyncio.sleep(0.05)  # let a writer finish the file before it is parsed
+        except TimeoutError:
+            pass
+        self._wake.clear()
+        if watch is not None and not self.directory.is_dir():
+            watch.close()  # removed (or replaced): watch the new one next time
+            return None
+        return watch
+
     async def run(self) -> None:
-        while True:
-            found = await asyncio.to_thread(self.scan)
-            for uid in set(self.pods) - set(found):
-                self.remove(uid)
-            for uid, pod in found.items():
-                if uid not in self.pods:
-                    self.upsert(pod)
-            self.pods = found
-            if self.api is not None:
-                for pod in found.values():
-                    await self._ensure_mirror(pod)
-            await asyncio.sleep(self.interval_s)
+        watch: DirWatch | None = None
+        try:
+            while True:
+                found = await asyncio.to_thread(self.scan)
+                for uid in set(self.pods) - set(found):
+                    self.remove(uid)
+                for uid, pod in found.items():
+                    if uid not in self.pods:
+                        self.upsert(pod)
+                self.pods = found
+                if self.api is not None:
+                    for pod in found.values():
+                        await self._ensure_mirror(pod)
+                watch = await self._wait_for_change(watch)
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def _ensure_mirror(self, pod: Pod) -> None:
         """Create the mirror pod if the watch has not seen one with this manifest's hash.

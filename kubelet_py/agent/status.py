@@ -37,6 +37,7 @@ def _container_status(
     *,
     waiting: Mapping[str, tuple[str, str]],
     ready: bool,
+    started: bool,
 ) -> dict[str, Any]:
     latest = group[0] if group else None
     st: dict[str, Any] = {
@@ -45,7 +46,7 @@ def _container_status(
         "imageID": latest.image_ref if latest else "",
         "ready": ready,
         "restartCount": max(0, len(group) - 1) if not latest else latest.attempt,
-        "started": bool(latest and latest.state == CState.RUNNING),
+        "started": bool(latest and latest.state == CState.RUNNING and started),
     }
     if latest is not None:
         st["containerID"] = f"kubelet-py://{latest.id}"
@@ -92,15 +93,21 @@ def pod_status(
     waiting: Mapping[str, tuple[str, str]],
     readiness: Mapping[str, bool],
     init_failed: bool,
+    startup: Mapping[str, bool] | None = None,
     now: str,
     previous_conditions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The full `status` object. `waiting[name]` = (reason, message) for ErrImagePull & co."""
+    """The full `status` object. `waiting[name]` = (reason, message) for ErrImagePull & co.;
+    `readiness[name]` / `startup[name]`: whether that container's probe has passed."""
     phase = pod_phase(pod, obs, init_failed=init_failed)
+
+    def has_started(c: Container) -> bool:
+        """Running, and its startup probe (if any) has succeeded."""
+        return c.startup is None or (startup or {}).get(c.name, False)
 
     def is_ready(c: Container) -> bool:
         o = obs.latest(c.name)
-        if o is None or o.state != CState.RUNNING:
+        if o is None or o.state != CState.RUNNING or not has_started(c):
             return False
         return readiness.get(c.name, c.readiness is None)
 
@@ -147,11 +154,23 @@ def pod_status(
         "qosClass": qos_class(pod),
         "startTime": start_time,
         "containerStatuses": [
-            _container_status(c, obs.containers.get(c.name, ()), waiting=waiting, ready=is_ready(c))
+            _container_status(
+                c,
+                obs.containers.get(c.name, ()),
+                waiting=waiting,
+                ready=is_ready(c),
+                started=has_started(c),
+            )
             for c in pod.containers
         ],
         "initContainerStatuses": [
-            _container_status(c, obs.containers.get(c.name, ()), waiting=waiting, ready=is_ready(c))
+            _container_status(
+                c,
+                obs.containers.get(c.name, ()),
+                waiting=waiting,
+                ready=is_ready(c),
+                started=has_started(c),
+            )
             for c in pod.init_containers
         ],
     }

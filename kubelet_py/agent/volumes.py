@@ -9,6 +9,7 @@ kubelet's atomic writer does: into a fresh `..<timestamp>` directory, then the
 `..data`. A running container sees either the old set or the new, never a mix.
 """
 
+import asyncio
 import base64
 import os
 import shutil
@@ -24,6 +25,9 @@ from cri_api.v1 import api_pb2
 
 from kubelet_py.agent.apiclient import ApiError
 from kubelet_py.agent.model import Container, Pod, Volume
+
+_OWNED_KINDS = ("emptyDir", "configMap", "secret", "downwardAPI", "projected")
+"""Volume kinds whose files get the pod's fsGroup (hostPath never does)."""
 
 
 class VolumeError(Exception):
@@ -83,6 +87,108 @@ def _write_atomic_dir(target: Path, files: Mapping[str, bytes], mode: int) -> No
         shutil.rmtree(target / old, ignore_errors=True)
 
 
+RW_MASK = 0o660
+RO_MASK = 0o440
+EXEC_MASK = 0o110
+
+
+def needs_ownership_change(root: Path, fs_group: int, *, read_only: bool) -> bool:
+    """OnRootMismatch: change ownership unless the volume root already has group `fs_group`,
+    the group permission bits and the setgid bit (upstream's requiresPermissionChange)."""
+    try:
+        st = root.stat()
+    except OSError:
+        return True
+    if st.st_gid != fs_group or not stat.S_ISDIR(st.st_mode):
+        return True
+    want = (RO_MASK if read_only else RW_MASK) | EXEC_MASK
+    return (st.st_mode & want) != want or not st.st_mode & stat.S_ISGID
+
+
+def set_volume_ownership(root: Path, fs_group: int, *, read_only: bool, policy: str) -> bool:
+    """Give everything under `root` group `fs_group` and group access (the setgid bit on
+    directories, so new files inherit the group), as upstream's SetVolumeOwnership does.
+    Returns False when policy OnRootMismatch found nothing to do. Blocking: use a thread."""
+    if policy == "OnRootMismatch" and not needs_ownership_change(
+        root, fs_group, read_only=read_only
+    ):
+        return False
+    mask = RO_MASK if read_only else RW_MASK
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, None]:
+            path = dirpath if name is None else f"{dirpath}/{name}"
+            try:
+                st = os.lstat(path)
+                os.lchown(path, -1, fs_group)
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                extra = mask | (stat.S_ISGID | EXEC_MASK if stat.S_ISDIR(st.st_mode) else 0)
+                os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
+            except FileNotFoundError:
+                continue
+    return True
+
+
+def pod_memory_limit_bytes(pod: Pod) -> int | None:
+    """The pod's memory limit if every container has one (what its cgroup gets), else None."""
+    from kubelet_py.agent.quantity import bytes_of
+
+    if not all("memory" in c.limits for c in (*pod.containers, *pod.init_containers)):
+        return None
+    regular = sum(bytes_of(c.limits["memory"]) for c in pod.containers)
+    regular += sum(
+        bytes_of(c.limits["memory"]) for c in pod.init_containers if c.restart_policy == "Always"
+    )
+    inits = [bytes_of(c.limits["memory"]) for c in pod.init_containers]
+    return max([regular, *inits]) if pod.containers else None
+
+
+def memory_volume_size(pod: Pod, size_limit: str | None, node_allocatable: int) -> int:
+    """tmpfs size of a Memory emptyDir: the node's allocatable memory, lowered to the pod's
+    memory limit and then to the volume's sizeLimit when those are smaller (upstream's
+    calculateEmptyDirMemorySize)."""
+    from kubelet_py.agent.quantity import bytes_of
+
+    size = node_allocatable
+    pod_limit = pod_memory_limit_bytes(pod)
+    if pod_limit is not None and 0 < pod_limit <= size:
+        size = pod_limit
+    if size_limit:
+        wanted = bytes_of(size_limit)
+        if 0 < wanted <= size:
+            size = wanted
+    return size
+
+
+async def _mount_tmpfs(path: Path, size_bytes: int, *, what: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0777", "tmpfs", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise VolumeError(f"{what}: mounting a tmpfs at {path} failed: {err.decode().strip()}")
+
+
+def disk_usage_bytes(root: Path) -> int:
+    """Bytes of disk that the tree at `root` uses (st_blocks, hard links once), like `du`."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            try:
+                st = os.lstat(f"{dirpath}/{name}")
+            except FileNotFoundError:
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_blocks * 512
+    return total
+
+
 def _field(pod: Pod, path: str, *, node_name: str, host_ip: str, pod_ip: str) -> str:
     if path.startswith("metadata.labels['") or path.startswith("metadata.annotations['"):
         key = path.split("['", 1)[1].rstrip("']")
@@ -109,10 +215,18 @@ def _field(pod: Pod, path: str, *, node_name: str, host_ip: str, pod_ip: str) ->
 
 
 class VolumeManager:
-    def __init__(self, root: Path, *, api: Api | None, node_name: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        api: Api | None,
+        node_name: str,
+        node_allocatable_memory: int = 0,
+    ) -> None:
         self.root = root
         self.api = api
         self.node_name = node_name
+        self.node_allocatable_memory = node_allocatable_memory
         self.tokens: dict[tuple[str, str], TokenState] = {}
         self.external: ExternalVolumes | None = None
 
@@ -137,7 +251,26 @@ class VolumeManager:
         paths: dict[str, Path] = {}
         for vol in pod.volumes:
             paths[vol.name] = await self._setup_one(pod, vol, host_ip=host_ip, pod_ip=pod_ip)
+            if pod.fs_group is not None and vol.kind in _OWNED_KINDS:
+                # emptyDir is writable; the API-object volumes are read-only (upstream's masks)
+                await asyncio.to_thread(
+                    set_volume_ownership,
+                    paths[vol.name],
+                    pod.fs_group,
+                    read_only=vol.kind != "emptyDir",
+                    policy=pod.fs_group_change_policy,
+                )
         return paths
+
+    def size_limited_dirs(self, pod: Pod) -> list[tuple[str, Path, str]]:
+        """(volume name, host path, sizeLimit) of the pod's disk-backed emptyDirs with a
+        sizeLimit: the eviction manager measures these (tmpfs ones the kernel limits)."""
+        out = []
+        for vol in pod.volumes:
+            limit = vol.source.get("sizeLimit")
+            if vol.kind == "emptyDir" and limit and vol.source.get("medium", "") != "Memory":
+                out.append((vol.name, self.pod_dir(pod.uid) / "volumes/emptyDir" / vol.name, limit))
+        return out
 
     async def _setup_one(self, pod: Pod, vol: Volume, *, host_ip: str, pod_ip: str) -> Path:
         base = self.pod_dir(pod.uid) / "volumes" / vol.kind / vol.name
@@ -145,7 +278,18 @@ class VolumeManager:
         what = f"volume {vol.name!r} of pod {pod.full_name}"
         if vol.kind == "emptyDir":
             base.mkdir(parents=True, exist_ok=True)
-            base.chmod(0o777)
+            medium = str(src.get("medium") or "")
+            if medium == "Memory":
+                if not base.is_mount():  # a restarted agent finds it mounted already
+                    size = memory_volume_size(
+                        pod, src.get("sizeLimit"), self.node_allocatable_memory
+                    )
+                    await _mount_tmpfs(base, size, what=what)
+            elif medium:
+                raise VolumeError(f"{what}: emptyDir medium {medium!r} is not supported")
+            mode = stat.S_IMODE(base.stat().st_mode)
+            if mode & 0o777 != 0o777:  # keep a setgid bit that fsGroup ownership set
+                base.chmod(mode | 0o777)
             return base
         if vol.kind == "hostPath":
             return self._host_path(str(src.get("path", "")), str(src.get("type", "")), what=what)

@@ -40,10 +40,14 @@ from kubelet_py.agent.plan import (
     PodObs,
     compute_pod_actions,
 )
+from kubelet_py.agent.probes import grpc_health_check
 from kubelet_py.agent.status import pod_status, rfc3339
 from kubelet_py.agent.volumes import ConfigError, VolumeError, VolumeManager
 
 log = logging.getLogger("kubelet_py.pods")
+
+OBS_MAX_AGE_S = 300.0
+"""A pod's runtime state is re-read at least this often even if the PLEG saw no change."""
 
 _STATE = {
     api_pb2.ContainerState.CONTAINER_CREATED: CState.CREATED,
@@ -78,6 +82,12 @@ class NodeContext:
     cluster_domain: str
     host_resolv: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     service_env: Mapping[str, str] = field(default_factory=dict)
+    sync_frequency_s: float = 60.0
+    """syncFrequency: a pod with running containers is looked at least this often."""
+    pod_pids_limit: int = -1
+    """podPidsLimit: pids.max for each container (-1: unlimited)."""
+    image_pulls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    """serializeImagePulls / maxParallelImagePulls: how many pulls run at once on the node."""
 
 
 @dataclass
@@ -161,6 +171,12 @@ class PodWorker:
         self.waiting: dict[str, tuple[str, str]] = {}
         self.image_backoff = Backoff(initial_s=10, max_s=300)
         self.probes: dict[tuple[str, str], ProbeState] = {}
+        self.kill_grace: dict[str, int | None] = {}
+        self.eviction: str | None = None
+        self.pull_errors: dict[str, str] = {}
+        self.pull_backoff_noted: dict[str, float] = {}
+        self.terminal_reason = ""
+        """Set when the pod ended Failed with a reason (Evicted, DeadlineExceeded)."""
         self.last_status: dict[str, Any] | None = None
         self.start_time: str | None = None
         self.init_failed = False
@@ -168,6 +184,12 @@ class PodWorker:
         self.released = False  # CSI volumes given back after the pod finished
         self.seen_exits: set[str] = set()
         self.pod_ip = ""
+        self.ip_checked = False
+        self.runtime_changed = True
+        """Set by the PLEG when this pod's containers changed: the next sync asks the runtime.
+        Otherwise a periodic resync reuses what it saw last (as upstream's PLEG cache)."""
+        self._obs: PodObs | None = None
+        self._obs_at = 0.0
 
     def _move(self, to: PodLifecycle) -> None:
         if to not in LIFECYCLE_MOVES[self.state]:
@@ -187,6 +209,43 @@ class PodWorker:
     def remove(self) -> None:
         self.removed = True
         self.wake.set()
+
+    def evict(self, message: str) -> None:
+        """End the pod as Failed/Evicted with `message` (the eviction manager's decision)."""
+        if self.eviction is None and self.state == PodLifecycle.SYNCING:
+            log.warning("evicting pod %s: %s", self.pod.full_name, message)
+            self.eviction = message
+            self.wake.set()
+
+    def running_logs(self) -> list[tuple[str, Path]]:
+        """(container ID, current CRI log file) of this pod's running containers."""
+        if self._obs is None:
+            return []
+        pod = self.pod
+        base = self.node.log_root / f"{pod.namespace}_{pod.name}_{pod.uid}"
+        return [
+            (o.id, base / o.name / f"{o.attempt}.log")
+            for group in self._obs.containers.values()
+            for o in group[:1]
+            if o.state == CState.RUNNING
+        ]
+
+    def runtime_event(self) -> None:
+        """The PLEG saw one of this pod's containers change state (or appear, or go)."""
+        self.runtime_changed = True
+        self.wake.set()
+
+    async def _observe(self, now: float) -> PodObs:
+        """What the runtime has for this pod: asked again only when the PLEG said something
+        changed, after this worker acted, or every OBS_MAX_AGE_S as a backstop."""
+        if self._obs is None or self.runtime_changed or now - self._obs_at >= OBS_MAX_AGE_S:
+            self.runtime_changed = False  # before the call: an event meanwhile is kept
+            self._remember(await observe(self.cri, self.pod.uid), now)
+        assert self._obs is not None
+        return self._obs
+
+    def _remember(self, obs: PodObs, now: float) -> None:
+        self._obs, self._obs_at = obs, now
 
     async def run(self) -> None:
         while self.state != PodLifecycle.TERMINATED:
@@ -221,6 +280,11 @@ class PodWorker:
         if self.state == PodLifecycle.TERMINATING:
             await self._terminate()
             return 0
+        if self.eviction is not None:
+            self.events.emit(pod, "Warning", "Evicted", self.eviction)
+            self._move(PodLifecycle.TERMINATING)
+            await self._terminate(reason="Evicted", message=self.eviction, grace_s=1)
+            return 0
         if self.start_time is None:
             self.start_time = rfc3339(time.time_ns())
         if (
@@ -235,9 +299,29 @@ class PodWorker:
                 "Pod was active on the node longer than the specified deadline",
             )
             self._move(PodLifecycle.TERMINATING)
-            await self._terminate(reason="DeadlineExceeded")
+            await self._terminate(
+                reason="DeadlineExceeded",
+                message="Pod was active on the node longer than the specified deadline",
+            )
             return 0
-        obs = await observe(self.cri, pod.uid)
+        obs = await self._observe(now)
+        if not self.pod_ip and obs.sandbox_ready and obs.sandbox_id and not self.ip_checked:
+            # an adopted pod (agent restarted): its IP is the sandbox's, not unknown
+            self.ip_checked = True
+            try:
+                self.pod_ip = (await self.cri.pod_sandbox_status(obs.sandbox_id)).network.ip
+            except CRIError as err:
+                log.warning("sandbox status of pod %s failed: %s", pod.full_name, err)
+        if self.volume_paths is None and obs.sandbox_ready and pod.volumes:
+            # (Re)mount for a pod that already runs: adopted after an agent restart, or a
+            # projected token due for renewal. Ownership (fsGroup) is applied again here,
+            # which fsGroupChangePolicy OnRootMismatch exists to make cheap.
+            try:
+                self.volume_paths = await self.volumes.setup(
+                    pod, host_ip=self.node.host_ip, pod_ip=self.pod_ip
+                )
+            except (VolumeError, ApiError, OSError) as err:
+                self.events.emit(pod, "Warning", "FailedMount", str(err))
         self._note_exits(obs, now)
         unhealthy = await self._run_probes(obs, now)
         backoff_until = {
@@ -251,6 +335,7 @@ class PodWorker:
             self.init_failed = True
         if not actions.empty:
             obs = await self._act(actions, obs)
+            self._remember(obs, now)
         pod_ref = f"{pod.name}_{pod.namespace}({pod.uid})"
         for name, _left in actions.backoff:
             latest = obs.latest(name)
@@ -269,16 +354,21 @@ class PodWorker:
             await self.volumes.release(pod.uid)
             self.released = True
         waits = [left for _, left in actions.backoff]
+        for name, (reason, _) in self.waiting.items():
+            if reason in ("ErrImagePull", "ImagePullBackOff"):  # retry when the back-off ends
+                waits.append(max(0.1, self.image_backoff.until(f"{pod.uid}/{name}/image") - now))
         waits += [max(0.0, st.next_at - now) for st in self.probes.values()]
         if any(o.state == CState.RUNNING for g in obs.containers.values() for o in g):
-            waits.append(60.0)  # the kubelet's syncFrequency; the PLEG wakes us on changes
+            waits.append(self.node.sync_frequency_s)  # the PLEG wakes us on changes
         init_running = any(
             (o := obs.latest(c.name)) is not None and o.state == CState.RUNNING
             for c in pod.init_containers
             if c.restart_policy != "Always"
         )
         if init_running:
-            waits.append(0.1)  # the next step waits on this init container: look again soon
+            # the next step waits on this init container: look again soon, at the runtime
+            self.runtime_changed = True
+            waits.append(0.1)
         if self.volumes.needs_refresh(pod.uid, now=now):
             self.volume_paths = None
             waits.append(0.1)
@@ -313,10 +403,15 @@ class PodWorker:
         for cid, why in actions.kill:
             self.events.emit(pod, "Normal", "Killing", f"Stopping container: {why}")
             victim = next((o for g in obs.containers.values() for o in g if o.id == cid), None)
+            grace = pod.termination_grace_s
             if victim is not None:
-                await self._stop_with_hook(victim, pod.termination_grace_s)
+                # a failed liveness/startup probe may set its own terminationGracePeriodSeconds
+                probe_grace = self.kill_grace.pop(victim.name, None)
+                await self._stop_with_hook(
+                    victim, probe_grace if probe_grace is not None else grace
+                )
             else:
-                await self.cri.stop_container(cid, pod.termination_grace_s)
+                await self.cri.stop_container(cid, grace)
         if actions.create_sandbox:
             for sid in (obs.sandbox_id, *obs.stale_sandboxes):
                 if sid:
@@ -393,19 +488,34 @@ class PodWorker:
             return None
         until = self.image_backoff.until(key)
         if until > self.clock():
-            self.waiting[c.name] = ("ImagePullBackOff", f'Back-off pulling image "{c.image}"')
+            last = self.pull_errors.get(c.name, "")
+            self.waiting[c.name] = (
+                "ImagePullBackOff",
+                f'Back-off pulling image "{c.image}"' + (f": ErrImagePull: {last}" if last else ""),
+            )
+            if self.pull_backoff_noted.get(c.name) != until:  # once per back-off period
+                self.pull_backoff_noted[c.name] = until
+                msg = f'Back-off pulling image "{c.image}"'
+                self.events.emit(pod, "Normal", "BackOff", msg, field_path=field_path)
+                self.events.emit(
+                    pod, "Warning", "Failed", "Error: ImagePullBackOff", field_path=field_path
+                )
             return None
         self.events.emit(
             pod, "Normal", "Pulling", f'Pulling image "{c.image}"', field_path=field_path
         )
         started = time.monotonic()
         try:
-            ref = await self.cri.pull_image(c.image, await self._pull_auth(c.image), sandbox_cfg)
+            auth = await self._pull_auth(c.image)
+            async with self.node.image_pulls:
+                ref = await self.cri.pull_image(c.image, auth, sandbox_cfg)
         except CRIError as err:
             self.image_backoff.record_exit(key, now=self.clock(), ran_for_s=0)
             msg = f'Failed to pull image "{c.image}": {err}'
+            self.pull_errors[c.name] = str(err)
             self.waiting[c.name] = ("ErrImagePull", msg)
             self.events.emit(pod, "Warning", "Failed", msg, field_path=field_path)
+            self.events.emit(pod, "Warning", "Failed", "Error: ErrImagePull", field_path=field_path)
             return None
         self.events.emit(
             pod,
@@ -482,6 +592,8 @@ class PodWorker:
             mounts=mounts,
             log_path=f"{c.name}/{attempt}.log",
         )
+        if self.node.pod_pids_limit > 0:
+            cfg.linux.resources.unified["pids.max"] = str(self.node.pod_pids_limit)
         cfg.command[:] = [expand(x, env_map) for x in c.command]
         cfg.args[:] = [expand(x, env_map) for x in c.args]
         try:
@@ -542,6 +654,7 @@ class PodWorker:
                     startup_done = _passed(st)
                     if st.failures >= c.startup.failure_threshold:
                         unhealthy.add(c.name)
+                        self.kill_grace[c.name] = c.startup.termination_grace_s
             if not startup_done:
                 continue
             if c.liveness is not None:
@@ -549,6 +662,7 @@ class PodWorker:
                 await self._probe(c, "liveness", c.liveness, o, st, now, started)
                 if st.failures >= c.liveness.failure_threshold:
                     unhealthy.add(c.name)
+                    self.kill_grace[c.name] = c.liveness.termination_grace_s
                     st.failures = 0
             if c.readiness is not None:
                 st = self.probes.setdefault((c.name, "readiness"), ProbeState())
@@ -608,6 +722,10 @@ class PodWorker:
         if not host:
             return False, f"{probe.kind} probe needs a pod IP; this pod has none (no pod network)"
         port = self._port(probe.port)
+        if probe.kind == "grpc":
+            return await grpc_health_check(
+                host, port, probe.service, timeout_s=max(1, probe.timeout_s)
+            )
         try:
             if probe.kind == "tcpSocket":
                 _, w = await asyncio.wait_for(asyncio.open_connection(host, port), probe.timeout_s)
@@ -671,6 +789,11 @@ class PodWorker:
             start_time=self.start_time,
             waiting=self.waiting,
             readiness=readiness,
+            startup={
+                name: st.result is True
+                for (name, kind), st in self.probes.items()
+                if kind == "startup"
+            },
             init_failed=self.init_failed,
             now=rfc3339(time.time_ns()) or "",
             previous_conditions=prev_conditions,
@@ -698,11 +821,18 @@ class PodWorker:
             if err.status != 404:
                 log.warning("patching status of pod %s failed: %s", pod.full_name, err)
 
-    async def _terminate(self, *, reason: str = "") -> None:
+    async def _terminate(
+        self, *, reason: str = "", message: str = "", grace_s: int | None = None
+    ) -> None:
+        """Stop everything of the pod. With `reason` (Evicted, DeadlineExceeded) the pod ends
+        Failed with that reason and message and stays in the API; otherwise a deleted pod is
+        finally removed from the API."""
         pod = self.pod
         grace = (
             pod.deletion_grace_s if pod.deletion_grace_s is not None else pod.termination_grace_s
         )
+        if grace_s is not None:
+            grace = min(grace, grace_s)
         obs = await observe(self.cri, pod.uid)
         running = [
             o
@@ -737,7 +867,8 @@ class PodWorker:
             )
             if reason:
                 status["phase"], status["reason"] = "Failed", reason
-                status["message"] = "Pod was active on the node longer than the specified deadline"
+                status["message"] = message
+                self.terminal_reason = reason
             await self._patch_status(status)
         for group in final.containers.values():
             for o in group:

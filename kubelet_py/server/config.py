@@ -17,6 +17,9 @@ class ServerConfig:
     """CA bundle for client certificates; None means the CA of the kubeconfig."""
     cert_dir: Path | None = None
     """Where the serving certificate lives; None means <root-dir>/pki."""
+    tls_cert_file: Path | None = None
+    """A serving certificate (tlsCertFile) to use instead of the self-signed one."""
+    tls_private_key_file: Path | None = None
     authn_cache_ttl_s: float = 120.0
     authz_allowed_ttl_s: float = 300.0
     authz_denied_ttl_s: float = 30.0

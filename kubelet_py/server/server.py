@@ -171,12 +171,16 @@ class KubeletServer:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         issued = cert_dir / ISSUED_SERVING_CERT
-        try:
-            ctx.load_cert_chain(issued)
-            log.info("serving with the CA-signed certificate %s", issued)
-        except (OSError, ssl.SSLError):
-            cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
-            ctx.load_cert_chain(cert, key)
+        if self.config.tls_cert_file is not None and self.config.tls_private_key_file is not None:
+            # tlsCertFile/tlsPrivateKeyFile of the KubeletConfiguration win over everything
+            ctx.load_cert_chain(self.config.tls_cert_file, self.config.tls_private_key_file)
+        else:
+            try:
+                ctx.load_cert_chain(issued)
+                log.info("serving with the CA-signed certificate %s", issued)
+            except (OSError, ssl.SSLError):
+                cert, key = ensure_serving_cert(cert_dir, self.host.node_name, self.host.node_ip)
+                ctx.load_cert_chain(cert, key)
         ca = self._client_ca()
         if ca:
             ctx.load_verify_locations(cadata=ca)

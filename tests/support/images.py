@@ -481,6 +481,35 @@ class ImageBuilder:
         run_tool(argv)
         return self._finish(self.layout, building, "nonroot")
 
+    def grpc_health(self, binary: Path) -> LayoutImage:
+        """busybox plus /bin/grpc-health (tests/support/grpchealth, built by
+        tests/support/gobuild.py): a gRPC health server; entrypoint /bin/grpc-health."""
+        return self._cached("grpc-health", lambda: self._build_grpc_health(binary))
+
+    def _build_grpc_health(self, binary: Path) -> LayoutImage:
+        base = self.busybox()
+        if (done := self._image(self.layout, "grpc-health")) is not None:
+            return done
+        building = self._start_building(self.layout, "grpc-health", base.tag)
+        stage = self._fresh_bundle("grpc-health-stage")
+        (stage / "bin").mkdir(parents=True)
+        shutil.copyfile(binary, stage / "bin" / "grpc-health")
+        (stage / "bin" / "grpc-health").chmod(0o755)
+        ref = f"{self.layout}:{building}"
+        # GNU tar + `umoci raw add-layer`: umoci 0.4.7's insert leaves the tar unterminated
+        layer_tar = self.work_dir / "grpc-health.tar"
+        run_tool(
+            [
+                "tar", "--create", "--file", str(layer_tar), "--format=pax",
+                "--numeric-owner", "--owner=0", "--group=0", "-C", str(stage), "bin",
+            ]
+        )  # fmt: skip
+        run_tool(["umoci", "raw", "add-layer", "--image", ref, str(layer_tar)])
+        layer_tar.unlink()
+        run_tool(["umoci", "config", "--image", ref, "--config.entrypoint", "/bin/grpc-health"])
+        shutil.rmtree(stage)
+        return self._finish(self.layout, building, "grpc-health")
+
     def multiarch(self) -> LayoutImage:
         """An OCI index (tag `multiarch` in `oci-multiarch/`) over one manifest per
         `MULTIARCH_PLATFORMS` entry: the busybox layer (shared) plus a layer with

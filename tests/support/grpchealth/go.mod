@@ -1,0 +1,3 @@
+module kubelet-py.test/grpchealth
+
+go 1.24
