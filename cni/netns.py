@@ -10,16 +10,16 @@ matters for plugins that live for a few hundred milliseconds.
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import os
 import sys
-import types
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni.errors import CNIError, Code
+
+if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Iterator
 
 _CLONE_NEWNET = 0x40000000
 _libc: ctypes.CDLL | None = None
@@ -28,6 +28,8 @@ _libc: ctypes.CDLL | None = None
 def _setns(fd: int) -> None:
     global _libc
     if _libc is None:
+        import ctypes
+
         _libc = ctypes.CDLL(None, use_errno=True)
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -62,6 +64,9 @@ def enter(path: str) -> Iterator[None]:
 
 def _stub_packages(*names: str) -> None:
     """Empty package modules: pyroute2's __init__ files import every backend it has."""
+    import importlib.util
+    import types
+
     for name in names:
         if name in sys.modules:
             continue
