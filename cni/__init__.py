@@ -12,9 +12,11 @@ and must not pay for the caller's modules at every start.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni.caller import Attachment, NetworkManager, PodRef
     from cni.conflist import NetworkConfigList
     from cni.errors import CNIError, Code, ConfigError, PluginFailedError, PluginNotFoundError

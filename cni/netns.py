@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
 
 from cni.errors import CNIError, Code
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
     from collections.abc import Iterator
+    from typing import Any
 
 _CLONE_NEWNET = 0x40000000
 _libc: ctypes.CDLL | None = None

@@ -22,11 +22,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
 
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.types import PortMapping
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
 

@@ -24,15 +24,19 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cni import netns, nl
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.plugins import skel
-from cni.types import IPAddress, Result
+from cni.types import Result
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hashlib import sha256
+    from typing import Any
+
+    from cni.types import IPAddress
 else:
     try:  # the interpreter's own SHA-256: hashlib would load OpenSSL (~3 ms per process)
         from _sha256 import sha256

@@ -14,12 +14,15 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from cni import ipam
 from cni.errors import CNIError, Code
 from cni.plugins import skel
 from cni.types import IPAddress
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _LAST = "last_reserved_ip."
 

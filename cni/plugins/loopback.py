@@ -7,11 +7,14 @@ DEL sets it down when the namespace still exists and succeeds when it does not.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from cni import nl
 from cni.errors import CNIError, Code
 from cni.plugins import skel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _set_lo(path: str, up: bool) -> None:

@@ -12,9 +12,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
 
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.types import (
     LATEST_VERSION,
@@ -23,6 +23,11 @@ from cni.types import (
     result_for_version,
     version_tuple,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC")
@@ -111,7 +116,8 @@ class Request(NamedTuple):
         return f"{self.network}/{self.container_id}/{self.ifname}"
 
 
-Handler = Callable[[Request], dict[str, Any] | None]
+if TYPE_CHECKING:
+    Handler = Callable[[Request], dict[str, Any] | None]
 
 
 class Plugin(NamedTuple):
