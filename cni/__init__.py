@@ -11,8 +11,6 @@ and must not pay for the caller's modules at every start.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -55,4 +53,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cni' has no attribute {name!r}")
+    import importlib  # here, not at the top: it imports `warnings`
+
     return getattr(importlib.import_module(module), name)

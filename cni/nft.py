@@ -18,11 +18,10 @@ table. Rules are applied in the namespace the plugin runs in (the node's).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 
+from cni import _json as json
 from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.types import PortMapping
@@ -32,12 +31,12 @@ if TYPE_CHECKING:
     import ctypes
 
 PORTMAP_TABLE = "kpy_portmap"
-_NAME_SAFE = re.compile(r"[^A-Za-z0-9_]")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def ident(prefix: str, name: str) -> str:
     """A table/set name from free text (network or bridge names): [A-Za-z0-9_], <= 60 chars."""
-    return (prefix + _NAME_SAFE.sub("_", name))[:60]
+    return (prefix + "".join(c if c in _NAME_CHARS else "_" for c in name))[:60]
 
 
 def quote(comment: str) -> str:

@@ -8,12 +8,11 @@ structure on stdout with exit code 0 or 1. Also runs delegated plugins
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 
+from cni import _json as json
 from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.types import (
@@ -29,7 +28,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
+
+
+def valid_container_id(cid: str) -> bool:
+    """The spec's ^[A-Za-z0-9][A-Za-z0-9_.\\-]*$ (no `re`: it costs a plugin start ~2 ms)."""
+    return bool(cid) and cid[0] in _ALNUM and all(c in _ID_CHARS for c in cid)
+
+
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION", "GC")
 
 # Which variables each command requires (SPEC.md, Section 2, per operation).
@@ -145,7 +152,7 @@ def parse_request(environ: Mapping[str, str], stdin: bytes, plugin: Plugin) -> R
             f"{command} needs {', '.join(_REQUIRED[command])}",
         )
     container_id = environ.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID_RE.match(container_id):
+    if container_id and not valid_container_id(container_id):
         raise CNIError(Code.INVALID_ENVIRONMENT, "invalid CNI_CONTAINERID", repr(container_id))
     ifname = environ.get("CNI_IFNAME", "")
     if ifname and not valid_ifname(ifname):
