@@ -26,10 +26,6 @@ from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.types import PortMapping
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import ctypes
-
 PORTMAP_TABLE = "kpy_portmap"
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -207,10 +203,10 @@ def isolation_script(
 # ---- running nft ------------------------------------------------------------------
 #
 # In-process through libnftables (Debian's libnftables1, the library the nft binary is a
-# thin front end to): `nft_run_cmd_from_buffer` takes the same text as `nft -f -`, one
-# buffer being one kernel transaction. A plugin thus runs no nft process (fork + exec +
-# the dynamic loader, ~3 ms of CPU each, and no `subprocess` import, ~14 ms per plugin
-# start). Without the library, the nft binary is run instead.
+# thin front end to; called through cni._ffi): `nft_run_cmd_from_buffer` takes the same
+# text as `nft -f -`, one buffer being one kernel transaction. A plugin thus runs no nft
+# process (fork + exec + the dynamic loader, ~3 ms of CPU each, and no `subprocess`
+# import, ~14 ms per plugin start). Without the library, the nft binary is run instead.
 
 _NFT_CTX_OUTPUT_JSON = 1 << 4
 
@@ -218,36 +214,32 @@ _NFT_CTX_OUTPUT_JSON = 1 << 4
 class _LibNft:
     """One libnftables context with buffered output and errors (one per process)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        import ctypes
+    def __init__(self) -> None:
+        from cni import _ffi
 
-        vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
-        for name, restype, argtypes in (
-            ("nft_ctx_new", vp, [ctypes.c_uint32]),
-            ("nft_ctx_buffer_output", ci, [vp]),
-            ("nft_ctx_buffer_error", ci, [vp]),
-            ("nft_ctx_get_output_buffer", cp, [vp]),
-            ("nft_ctx_get_error_buffer", cp, [vp]),
-            ("nft_ctx_output_set_flags", None, [vp, ctypes.c_uint]),
-            ("nft_run_cmd_from_buffer", ci, [vp, cp]),
-        ):
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
-        self._lib = lib
-        self._ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        lib = _ffi.Library("libnftables.so.1")
+        vp, cp, ci = _ffi.c_void_p, _ffi.c_char_p, _ffi.c_int
+        new = lib.function("nft_ctx_new", vp, [_ffi.c_uint])
+        buffer_output = lib.function("nft_ctx_buffer_output", ci, [vp])
+        buffer_error = lib.function("nft_ctx_buffer_error", ci, [vp])
+        self._output = lib.function("nft_ctx_get_output_buffer", cp, [vp])
+        self._error = lib.function("nft_ctx_get_error_buffer", cp, [vp])
+        self._set_flags = lib.function("nft_ctx_output_set_flags", None, [vp, _ffi.c_uint])
+        self._run = lib.function("nft_run_cmd_from_buffer", ci, [vp, cp])
+        self._ctx = new(0)  # NFT_CTX_DEFAULT
         if not self._ctx:
             raise OSError("nft_ctx_new failed")
-        lib.nft_ctx_buffer_output(self._ctx)
-        lib.nft_ctx_buffer_error(self._ctx)
+        buffer_output(self._ctx)
+        buffer_error(self._ctx)
 
     def run(self, text: str, *, json_output: bool = False) -> tuple[int, str, str]:
         """(0 on success, output, error text) of one command buffer."""
-        lib, ctx = self._lib, self._ctx
-        lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON if json_output else 0)
-        rc = lib.nft_run_cmd_from_buffer(ctx, text.encode())
-        out = lib.nft_ctx_get_output_buffer(ctx) or b""
-        err = lib.nft_ctx_get_error_buffer(ctx) or b""
-        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+        ctx = self._ctx
+        self._set_flags(ctx, _NFT_CTX_OUTPUT_JSON if json_output else 0)
+        rc = self._run(ctx, text.encode())
+        out = self._output(ctx) or b""
+        err = self._error(ctx) or b""
+        return int(rc), out.decode(errors="replace"), err.decode(errors="replace")
 
 
 _lib: _LibNft | None = None
@@ -260,9 +252,7 @@ def _libnft() -> _LibNft | None:
     if not _lib_tried:
         _lib_tried = True
         try:
-            import ctypes
-
-            _lib = _LibNft(ctypes.CDLL("libnftables.so.1"))
+            _lib = _LibNft()
         except (OSError, AttributeError):
             _lib = None
     return _lib
