@@ -11,10 +11,10 @@ and must not pay for the caller's modules at every start.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni.caller import Attachment, NetworkManager, PodRef
     from cni.conflist import NetworkConfigList
     from cni.errors import CNIError, Code, ConfigError, PluginFailedError, PluginNotFoundError
@@ -53,4 +53,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cni' has no attribute {name!r}")
+    import importlib  # here, not at the top: it imports `warnings`
+
     return getattr(importlib.import_module(module), name)

@@ -7,11 +7,12 @@ so the runtime can show the plugin's own words in the pod's events.
 
 from __future__ import annotations
 
-from enum import IntEnum
 
+class Code:
+    """The well-known error codes of CNI 1.1 (SPEC.md, Section 5, "Error").
 
-class Code(IntEnum):
-    """The well-known error codes of CNI 1.1 (SPEC.md, Section 5, "Error")."""
+    Plain ints, not an IntEnum: `enum` is one of the larger imports of a plugin's start-up.
+    """
 
     INCOMPATIBLE_VERSION = 1
     UNSUPPORTED_FIELD = 2

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
 
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code, ConfigError
 from cni.types import IPAddress, IPNetwork, Route
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Range(NamedTuple):

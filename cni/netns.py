@@ -10,58 +10,87 @@ matters for plugins that live for a few hundred milliseconds.
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import os
 import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 from cni.errors import CNIError, Code
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _CLONE_NEWNET = 0x40000000
-_libc: ctypes.CDLL | None = None
+_setns_fn: Any = None
 
 
 def _setns(fd: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
+    global _setns_fn
+    if _setns_fn is None:
+        from cni import _ffi
+
+        _setns_fn = _ffi.Library(None).function(
+            "setns", _ffi.c_int, [_ffi.c_int, _ffi.c_int], use_errno=True
+        )
+    if _setns_fn(fd, _CLONE_NEWNET) != 0:
+        from cni._ffi import get_errno
+
+        err = get_errno()
         raise OSError(err, os.strerror(err))
 
 
-@contextmanager
-def enter(path: str) -> Iterator[None]:
-    """Run the body with this thread in the network namespace at `path` (code 3 if missing)."""
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise CNIError(
-            Code.UNKNOWN_CONTAINER, f"network namespace {path} does not exist", str(err)
-        ) from err
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
+class enter:
+    """Run the body with this thread in the network namespace at `path` (code 3 if missing).
+
+    A class rather than @contextmanager: `contextlib` is a plugin start-up import less.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fds: tuple[int, int] | None = None
+
+    def __enter__(self) -> None:
+        path = self.path
+        try:
+            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise CNIError(
+                Code.UNKNOWN_CONTAINER, f"network namespace {path} does not exist", str(err)
+            ) from err
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(target)
+            raise
         try:
             _setns(target)
         except OSError as err:
+            os.close(target)
+            os.close(home)
             raise CNIError(
                 Code.UNKNOWN_CONTAINER, f"{path} is not a network namespace", str(err)
             ) from err
+        except BaseException:
+            os.close(target)
+            os.close(home)
+            raise
+        self._fds = (target, home)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fds is not None
+        target, home = self._fds
+        self._fds = None
         try:
-            yield
-        finally:
             _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+        finally:
+            os.close(target)
+            os.close(home)
 
 
 def _stub_packages(*names: str) -> None:
     """Empty package modules: pyroute2's __init__ files import every backend it has."""
+    import importlib.util
+    import types
+
     for name in names:
         if name in sys.modules:
             continue

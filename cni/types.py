@@ -10,9 +10,13 @@ ignored on parse.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, NamedTuple
 
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

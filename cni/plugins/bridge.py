@@ -16,21 +16,32 @@ Config keys: bridge (cni0), mtu (1500), isGateway, isDefaultGateway,
 hairpinMode, ipMasq, and ours: ipMasqExclude (CIDRs not to masquerade toward,
 e.g. the cluster CIDR on an overlay). The gateway address is only ever added,
 never replaced, so the reference plugin's forceAddress has no use here.
-Netlink goes through `cni.nl` (pyroute2's message classes).
+Netlink goes through `cni.nl` (its own small rtnetlink codec).
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from cni import netns, nl
+from cni._record import NamedTuple
 from cni.errors import CNIError, Code
 from cni.plugins import skel
-from cni.types import IPAddress, Result
+from cni.types import Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hashlib import sha256
+    from typing import Any
+
+    from cni.types import IPAddress
+else:
+    try:  # the interpreter's own SHA-256: hashlib would load OpenSSL (~3 ms per process)
+        from _sha256 import sha256
+    except ImportError:  # other builds or versions
+        from hashlib import sha256
 
 
 class BridgeConfig(NamedTuple):
@@ -81,17 +92,17 @@ def parse_config(raw: Mapping[str, Any]) -> BridgeConfig:
 
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
     """A stable 15-byte host-side name, so DEL finds the veth without the netns."""
-    digest = hashlib.sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
+    digest = sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
     return "veth" + digest[:11]
 
 
 def bridge_mac(bridge: str) -> str:
     """A locally administered unicast MAC derived from the bridge name."""
-    d = hashlib.sha256(bridge.encode()).digest()
+    d = sha256(bridge.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x0A, 0x58, d[0], d[1], d[2], d[3]))
 
 
-def _ensure_bridge(link: nl.Netlink, cfg: BridgeConfig) -> Any:
+def _ensure_bridge(link: nl.Netlink, cfg: BridgeConfig) -> nl.Link:
     """The bridge (created when missing, up); returns its link message."""
     found = link.link(cfg.bridge)
     if found is None:
@@ -105,9 +116,9 @@ def _ensure_bridge(link: nl.Netlink, cfg: BridgeConfig) -> Any:
         found = link.link(cfg.bridge)
         if found is None:
             raise CNIError(Code.NETLINK_FAILURE, f"bridge {cfg.bridge} vanished after creation")
-    if nl.kind_of(found) != "bridge":
+    if found.kind != "bridge":
         raise CNIError(Code.INVALID_CONFIG, f"{cfg.bridge} exists and is not a bridge")
-    link.link_set(int(found["index"]), up=True)
+    link.link_set(found.index, up=True)
     return found
 
 
@@ -132,7 +143,7 @@ def add(request: skel.Request) -> dict[str, Any]:
     ipam_done = veth_made = False
     try:
         bridge = _ensure_bridge(host, cfg)
-        br_index = int(bridge["index"])
+        br_index = bridge.index
         ipam_raw = skel.delegate(request, cfg.ipam_type, "ADD") or {}
         ipam_done = True
         ipam_result = Result.from_json(ipam_raw)
@@ -143,11 +154,8 @@ def add(request: skel.Request) -> dict[str, Any]:
                 host_name,
                 "veth",
                 mtu=cfg.mtu,
-                peer=[
-                    ("IFLA_IFNAME", request.ifname),
-                    ("IFLA_NET_NS_FD", ns_fd),
-                    ("IFLA_MTU", cfg.mtu),
-                ],
+                peer_name=request.ifname,
+                peer_netns_fd=ns_fd,
             )
         except OSError as err:
             if err.errno == nl.EEXIST:
@@ -163,7 +171,7 @@ def add(request: skel.Request) -> dict[str, Any]:
         host_link = host.link(host_name)
         if host_link is None:
             raise CNIError(Code.NETLINK_FAILURE, f"veth {host_name} vanished after creation")
-        host_index = int(host_link["index"])
+        host_index = host_link.index
         host.link_set(host_index, up=True, master=br_index)
         if cfg.hairpin:
             host.hairpin(host_index)
@@ -182,7 +190,7 @@ def add(request: skel.Request) -> dict[str, Any]:
             pod_link = pod.link(request.ifname)
             if pod_link is None:
                 raise CNIError(Code.NETLINK_FAILURE, f"{request.ifname} missing in {request.netns}")
-            pod_index = int(pod_link["index"])
+            pod_index = pod_link.index
             for ipc in ipam_result.ips:
                 pod.addr_add(pod_index, ipc.address)
             pod.link_set(pod_index, up=True)
@@ -202,7 +210,7 @@ def add(request: skel.Request) -> dict[str, Any]:
                 _ignore_exists(
                     lambda route=route, gw=gw: pod.route_add(route.dst, oif=pod_index, gateway=gw)
                 )
-            pod_mac = nl.mac_of(pod_link)
+            pod_mac = pod_link.mac
 
         if cfg.ip_masq:
             from cni import nft
@@ -220,8 +228,8 @@ def add(request: skel.Request) -> dict[str, Any]:
         result: dict[str, Any] = {
             "cniVersion": request.cni_version,
             "interfaces": [
-                {"name": cfg.bridge, "mac": nl.mac_of(bridge)},
-                {"name": host_name, "mac": nl.mac_of(host_link)},
+                {"name": cfg.bridge, "mac": bridge.mac},
+                {"name": host_name, "mac": host_link.mac},
                 {"name": request.ifname, "mac": pod_mac, "sandbox": request.netns, "mtu": cfg.mtu},
             ],
             "ips": [{**i.to_json(), "interface": 2} for i in ipam_result.ips],
@@ -301,7 +309,7 @@ def check(request: skel.Request) -> None:
         veth = host.link(host_veth_name(request.network, request.container_id, request.ifname))
         if veth is None:
             raise CNIError(Code.INTERNAL, f"host veth of {request.container_id} is missing")
-        if veth.get_attr("IFLA_MASTER") != bridge["index"]:
+        if veth.master != bridge.index:
             raise CNIError(
                 Code.INTERNAL, f"host veth of {request.container_id} is not on {cfg.bridge}"
             )
@@ -309,7 +317,7 @@ def check(request: skel.Request) -> None:
         link = pod.link(request.ifname)
         if link is None:
             raise CNIError(Code.INTERNAL, f"{request.ifname} is missing in {request.netns}")
-        have = pod.addrs(int(link["index"]))
+        have = pod.addrs(link.index)
         for ip in prev.sandbox_ips(request.netns):
             if (str(ip.ip), ip.network.prefixlen) not in have:
                 raise CNIError(

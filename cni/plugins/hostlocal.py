@@ -12,14 +12,15 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 from cni import ipam
 from cni.errors import CNIError, Code
 from cni.plugins import skel
 from cni.types import IPAddress
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _LAST = "last_reserved_ip."
 
@@ -34,16 +35,14 @@ def _write(path: str, text: str) -> None:
         fh.write(text.encode())
 
 
-class Store:
-    """Allocation files of one network under a data directory."""
+class _Lock:
+    """flock(2) on a store's lock file (a class: no `contextlib` import in plugins)."""
 
-    def __init__(self, data_dir: str, network: str) -> None:
-        if not network or "/" in network or network in (".", ".."):
-            raise CNIError(Code.INVALID_CONFIG, f"bad network name {network!r}")
-        self.dir = os.path.join(data_dir, network)
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self._fd = -1
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def __enter__(self) -> None:
         try:
             os.makedirs(self.dir, exist_ok=True)
             fd = os.open(
@@ -53,9 +52,27 @@ class Store:
             raise CNIError(Code.IO_FAILURE, f"cannot open IPAM store {self.dir}", str(err)) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+
+
+class Store:
+    """Allocation files of one network under a data directory."""
+
+    def __init__(self, data_dir: str, network: str) -> None:
+        if not network or "/" in network or network in (".", ".."):
+            raise CNIError(Code.INVALID_CONFIG, f"bad network name {network!r}")
+        self.dir = os.path.join(data_dir, network)
+
+    def locked(self) -> _Lock:
+        """`with store.locked():` holds flock(2) on `<dir>/lock` for the body."""
+        return _Lock(self.dir)
 
     def allocations(self) -> dict[IPAddress, tuple[str, str]]:
         """Address -> (containerID, ifname) for every allocation on disk."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
 
 from cni import nft
 from cni.errors import CNIError, Code
 from cni.plugins import skel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 AllowPair = tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]
 

@@ -7,11 +7,14 @@ DEL sets it down when the namespace still exists and succeeds when it does not.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from cni import nl
 from cni.errors import CNIError, Code
 from cni.plugins import skel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _set_lo(path: str, up: bool) -> None:
@@ -19,7 +22,7 @@ def _set_lo(path: str, up: bool) -> None:
         lo = link.link("lo")
         if lo is None:
             raise CNIError(Code.INTERNAL, f"no lo in {path}")
-        link.link_set(int(lo["index"]), up=up)
+        link.link_set(lo.index, up=up)
 
 
 def add(request: skel.Request) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def delete(request: skel.Request) -> None:
 def check(request: skel.Request) -> None:
     with nl.Netlink(request.netns) as link:
         lo = link.link("lo")
-        if lo is None or not int(lo["flags"]) & nl.IFF_UP:
+        if lo is None or not lo.flags & nl.IFF_UP:
             raise CNIError(Code.INTERNAL, f"lo is down in {request.netns}")
     return None
 

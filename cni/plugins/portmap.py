@@ -12,12 +12,14 @@ their attachment comment; GC removes those of attachments no longer valid.
 
 from __future__ import annotations
 
-from typing import Any
-
 from cni import netns, nft
 from cni.errors import CNIError, Code
 from cni.plugins import skel
 from cni.types import PortMapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _mappings(request: skel.Request) -> list[PortMapping]:
