@@ -58,6 +58,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="the built-in runtime's OCI executor: kubelet-py-oci (ours, default), runc or crun",
     )
+    run.add_argument(
+        "--monitor",
+        choices=("conmon", "node"),
+        default="conmon",
+        help="what holds each container's stdio, log and exit: a conmon per container "
+        "(default) or one node-wide monitor process per runtime root",
+    )
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")
     run.add_argument("--cluster-domain", default="cluster.local")
@@ -221,6 +228,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         embedded_runtime=not args.remote_runtime,
         cgroup_parent=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
+        monitor=args.monitor,
         cluster_dns=dns,
         cluster_domain=file_cfg.get("clusterDomain") or args.cluster_domain,
         node_labels=labels,

@@ -51,6 +51,8 @@ class AgentConfig:
     cgroup_parent: str = "kubelet-py"
     oci_runtime: str = "kubelet-py-oci"
     """The embedded runtime's OCI executor under conmon: ours, or runc / crun."""
+    monitor: str = "conmon"
+    """What holds the embedded runtime's containers: a conmon each, or one node monitor."""
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     node_labels: Mapping[str, str] = field(default_factory=dict)
@@ -207,6 +209,7 @@ class Agent:
             images=images,
             cgroup_parent_name=self.config.cgroup_parent,
             oci_runtime=self.config.oci_runtime,
+            monitor=self.config.monitor,
             network_ready=lambda: (True, ""),  # loopback-only pods need nothing more
             network=pod_network,
         )
