@@ -1,0 +1,117 @@
+"""The node-wide monitor (`--monitor node`): one process for every container of a runtime root.
+
+The whole CRI suite runs under it too (the `cri` fixture's `*-node` parameters); these
+tests check what is particular to it: it is one process, not the runtime's child, the
+subreaper of the container inits, it survives a SIGKILL of the runtime and serves the
+restarted one, and what its own death costs (said plainly in cri/runtime/monitor.py).
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.runtime.conftest import CRI, start_server
+
+NODE = pytest.mark.parametrize(
+    "cri",
+    [("kubelet-py-oci", "node"), ("runc", "node")],
+    ids=["kubelet-py-oci-node", "runc-node"],
+    indirect=True,
+)
+
+TICKER = ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+
+
+def _monitor_pid(cri: CRI) -> int:
+    return int((cri.root / "runtime" / "monitor" / "monitor.pid").read_text())
+
+
+def _init_pid(cri: CRI, ctr_id: str) -> int:
+    """The container init's host PID, from the pid file the OCI executor wrote."""
+    return int((cri.root / "runtime" / "containers" / ctr_id / "pidfile").read_text())
+
+
+def _status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+def _conmons_of(cri: CRI) -> list[int]:
+    exits = str(cri.root / "runtime" / "exits")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"conmon") and exits.encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def _ticks(cri: CRI, ctr_id: str) -> list[int]:
+    return [
+        int(line.rsplit(" ", 1)[1])
+        for line in cri.crictl("logs", ctr_id).splitlines()
+        if line.startswith("tick")
+    ]
+
+
+@NODE
+def test_one_monitor_reaps_every_container_and_outlives_the_runtime(cri: CRI) -> None:
+    """Three pods, one monitor (no conmon), parent of each init; SIGKILL of the runtime
+    leaves it and the containers running, the restarted runtime uses the same monitor."""
+    ids = [cri.run_container(f"mon{i}", "main", TICKER)[1] for i in range(3)]
+    _, ends = cri.run_container("monend", "main", ["sh", "-c", "sleep 1.5; echo bye; exit 7"])
+    monitor = _monitor_pid(cri)
+    assert _conmons_of(cri) == []
+    assert int(_status_field(monitor, "PPid")) != cri.proc.pid  # detached, not our child
+    for ctr_id in ids:
+        pid = _init_pid(cri, ctr_id)
+        assert int(_status_field(pid, "PPid")) == monitor  # the subreaper took the init
+
+    os.kill(cri.proc.pid, signal.SIGKILL)
+    cri.proc.wait()
+    time.sleep(2.5)  # `ends` exits and the tickers keep writing while no runtime is up
+    assert _monitor_pid(cri) == monitor and Path(f"/proc/{monitor}").exists()
+    cri.socket.unlink(missing_ok=True)
+    cri.proc = start_server(cri.root, cri.socket, cri.log_path, cri.oci_runtime, cri.monitor)
+
+    listed = [c["id"] for c in json.loads(cri.crictl("ps", "-a", "-o", "json"))["containers"]]
+    assert sorted(listed) == sorted([*ids, ends])
+    ended = cri.wait_state(ends, "CONTAINER_EXITED")
+    assert ended["exitCode"] == 7 and ended["reason"] == "Error"
+    assert "bye" in cri.crictl("logs", ends)
+    before = _ticks(cri, ids[0])
+    time.sleep(1.0)
+    after = _ticks(cri, ids[0])
+    assert after == list(range(len(after))) and len(after) > len(before) >= 12  # no gap, flowing
+    _, later = cri.run_container("monlater", "main", TICKER)
+    later_pid = _init_pid(cri, later)
+    assert int(_status_field(later_pid, "PPid")) == monitor  # the same monitor serves the new one
+
+
+@NODE
+def test_monitor_killed_breaks_stdio_and_exits_are_unknown(cri: CRI) -> None:
+    """What a SIGKILL of the monitor costs: the containers lose their stdout (a writer dies
+    of SIGPIPE), their exits are reported as Unknown/255, and the next create starts a new
+    monitor that serves new containers normally."""
+    _, ticker = cri.run_container("monkill", "main", TICKER)
+    time.sleep(0.5)
+    monitor = _monitor_pid(cri)
+    os.kill(monitor, signal.SIGKILL)
+    status = cri.wait_state(ticker, "CONTAINER_EXITED", timeout_s=30)
+    assert status["exitCode"] == 255 and status["reason"] == "Unknown"
+    assert "monitor is gone" in str(status["message"])
+    _, fresh = cri.run_container("monfresh", "main", ["sh", "-c", "echo hello; exit 3"])
+    done = cri.wait_state(fresh, "CONTAINER_EXITED")
+    assert done["exitCode"] == 3
+    assert "hello" in cri.crictl("logs", fresh)
+    assert _monitor_pid(cri) != monitor
