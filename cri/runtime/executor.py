@@ -15,7 +15,9 @@ of some machines, and says so).
 
 import asyncio
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri.runtime.errors import ExecutorError, NotFoundError
+
+log = logging.getLogger(__name__)
 
 _START_SOCKET = "start.sock"
 """Where a created container of our executor waits to be started (cri.oci.state)."""
@@ -449,8 +453,11 @@ class NodeMonitorExecutor(ConmonExecutor):
                 if sock is not None:
                     if self._hold_lost():
                         hold = await self._connect()
-                        if hold is not None and "pid" in await _ask(hold, {"op": "hold"}):
+                        said = await _ask(hold, {"op": "hold"}) if hold is not None else {}
+                        if hold is not None and "pid" in said:
                             self._hold = hold
+                            if said.get("version") != _monitor_version():
+                                await self._upgrade(said)
                         elif hold is not None:
                             hold.close()
                     if self._hold is not None:
@@ -474,6 +481,21 @@ class NodeMonitorExecutor(ConmonExecutor):
             raise ExecutorError(
                 f"the node monitor in {self.monitor_dir} does not answer: {problem or 'no reason'}"
             )
+
+    async def _upgrade(self, said: dict[str, object]) -> None:
+        """The monitor runs other code than ours: it re-executes itself, keeping containers."""
+        log.info(
+            "node monitor %s runs code %s, ours is %s: asking it to re-exec",
+            said.get("pid"),
+            said.get("version"),
+            _monitor_version(),
+        )
+        sock = await self._connect()
+        if sock is not None:
+            await _ask(sock, {"op": "reexec"})
+        if self._hold is not None:  # the re-exec closes it; the next request holds again
+            self._hold.close()
+            self._hold = None
 
     async def create(
         self,
@@ -533,6 +555,12 @@ async def _ask(
         raise ExecutorError(f"the node monitor closed the connection on {request['op']}")
     answer: dict[str, object] = json.loads(data.split(b"\n", 1)[0])
     return answer
+
+
+def _monitor_version() -> str:
+    """What cri.runtime.monitor.VERSION is for the code this runtime would start."""
+    data = (Path(__file__).parent / "monitor.py").read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _write_monitor_launcher(path: str) -> None:

@@ -54,6 +54,20 @@ READ_SIZE = 8192
 ATTACH_STDOUT = 2
 ATTACH_STDERR = 3
 IDLE_EXIT_S = 3.0
+
+
+def _version() -> str:
+    """This file's content hash: a runtime with other code asks for a re-exec (an upgrade)."""
+    import hashlib
+
+    with open(__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+VERSION = _version()
+REQUEST_KEYS = (
+    "id", "log_path", "exit_dir", "socket_dir", "ctl", "pid_file", "tty", "stdin", "runtime",
+)  # fmt: skip
 MAX_ORPHANS = 1024
 
 
@@ -113,7 +127,8 @@ def _bind_unix(sock: socket.socket, path: str) -> None:
 class Container:
     """One container the monitor holds."""
 
-    def __init__(self, req: dict[str, object], conn: Client) -> None:
+    def __init__(self, req: dict[str, object], conn: Client | None) -> None:
+        self.request = {k: req.get(k) for k in REQUEST_KEYS}
         self.id = str(req["id"])
         self.log_path = str(req["log_path"])
         self.exit_dir = str(req["exit_dir"])
@@ -176,10 +191,21 @@ class Monitor:
         self.last_busy = time.monotonic()
         self.console_dir = f"/tmp/kpy-mon-{os.getpid()}"
         self.seq = 0
+        self.lock_fd = -1
+        self.reexec_asked = False
 
     # ---- set-up ---------------------------------------------------------------------------
 
     def listen(self) -> None:
+        self._signals()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _bind_unix(self.server, os.path.join(self.dir, "monitor.sock"))
+        self.server.listen(64)
+        self.server.setblocking(False)
+        self.sel.register(self.server, selectors.EVENT_READ, ("server", None))
+        os.makedirs(self.console_dir, mode=0o700, exist_ok=True)
+
+    def _signals(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
@@ -190,12 +216,83 @@ class Monitor:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only an explicit kill -9 ends us early
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        _bind_unix(self.server, os.path.join(self.dir, "monitor.sock"))
-        self.server.listen(64)
+
+    # ---- handing over to a new program image (same PID, same file descriptors) -------------
+
+    def reexec(self) -> None:
+        """execve() this process's program again with every container's descriptors open.
+
+        The PID stays, so the container inits stay our children (exit codes are still
+        ours to reap); pipes, terminal masters, log files, attach and control sockets are
+        inherited, so no output is lost (a container writing more than a pipe holds
+        during the exec just waits). Attach sessions and runtime connections are closed:
+        clients reconnect. The state goes through <dir>/resume.json.
+        """
+        keep = [self.lock_fd, self.server.fileno()]
+        containers = []
+        for c in self.containers.values():
+            for conn in list(c.clients):
+                self._drop_attach(c, conn)
+            assert c.attach is not None
+            fds = {
+                "out": c.out_fd, "err": c.err_fd, "in": c.in_fd, "master": c.master,
+                "log": c.log_fd, "ctl": c.ctl_fd, "attach": c.attach.fileno(),
+            }  # fmt: skip
+            keep += [fd for fd in fds.values() if fd >= 0]
+            containers.append({**c.request, "pid": c.pid, "fds": fds})
+        for client in list(self.clients):
+            client.sock.close()
+        state = {
+            "lock": self.lock_fd,
+            "server": self.server.fileno(),
+            "seq": self.seq,
+            "orphans": {str(k): v for k, v in self.orphans.items()},
+            "containers": containers,
+        }
+        _write_atomic(os.path.join(self.dir, "resume.json"), json.dumps(state))
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        signal.set_wakeup_fd(-1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        argv = [sys.executable, "-IS", sys.argv[0], self.dir, "--resume"]
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and launcher
+
+    def resume(self) -> None:
+        """Take over what `reexec` left: the same containers, descriptors and socket."""
+        path = os.path.join(self.dir, "resume.json")
+        with open(path) as f:
+            state = json.load(f)
+        os.unlink(path)
+        self._signals()
+        self.lock_fd = int(state["lock"])
+        os.set_inheritable(self.lock_fd, False)
+        self.server = socket.socket(fileno=int(state["server"]))
+        self.server.set_inheritable(False)
         self.server.setblocking(False)
         self.sel.register(self.server, selectors.EVENT_READ, ("server", None))
-        os.makedirs(self.console_dir, mode=0o700, exist_ok=True)
+        self.seq = int(state["seq"])
+        self.orphans = {int(k): int(v) for k, v in state["orphans"].items()}
+        for doc in state["containers"]:
+            c = Container(doc, None)
+            c.pid = int(doc["pid"])
+            fds = doc["fds"]
+            for fd in fds.values():
+                if fd >= 0:
+                    os.set_inheritable(fd, False)
+            c.out_fd, c.err_fd, c.in_fd = fds["out"], fds["err"], fds["in"]
+            c.master, c.log_fd, c.ctl_fd = fds["master"], fds["log"], fds["ctl"]
+            c.attach = socket.socket(fileno=fds["attach"])
+            c.attach.setblocking(False)
+            self.sel.register(c.attach, selectors.EVENT_READ, ("attach", c))
+            for fd, stream in ((c.out_fd, b"stdout"), (c.err_fd, b"stderr"), (c.master, b"stdout")):
+                if fd >= 0:
+                    self.sel.register(fd, selectors.EVENT_READ, ("output", (c, stream)))
+            if c.ctl_fd >= 0:
+                self.sel.register(c.ctl_fd, selectors.EVENT_READ, ("ctl", c))
+            self.containers[c.id] = c
+            self.by_pid[c.pid] = c
+        self.reap()  # exits that happened during the exec
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -204,6 +301,8 @@ class Monitor:
             for key, _ in self.sel.select(1.0):
                 kind, obj = key.data
                 getattr(self, f"_on_{kind}")(key.fileobj, obj)
+            if self.reexec_asked and not self.creating:
+                self.reexec()
             if self.containers or self.creating or self.clients:
                 self.last_busy = time.monotonic()
             elif time.monotonic() - self.last_busy > IDLE_EXIT_S:
@@ -279,7 +378,7 @@ class Monitor:
         op = req.get("op")
         if op == "hold":
             client.hold = True
-            client.answer({"pid": os.getpid()})
+            client.answer({"pid": os.getpid(), "version": VERSION})
         elif op == "status":
             client.answer(
                 {
@@ -288,6 +387,9 @@ class Monitor:
                     "creating": len(self.creating),
                 }
             )
+        elif op == "reexec":
+            self.reexec_asked = True
+            client.answer({"pid": os.getpid(), "containers": len(self.containers)})
         elif op == "create":
             self.create(client, req)
         else:
@@ -635,6 +737,7 @@ def daemonize(directory: str) -> int:
         os.close(logfd)
         os.chdir("/")
         monitor = Monitor(directory)
+        monitor.lock_fd = lock
         monitor.listen()
         _write_atomic(os.path.join(directory, "monitor.pid"), str(os.getpid()))
     except Exception as err:  # noqa: BLE001 - said to the starter, who reports it
@@ -643,6 +746,12 @@ def daemonize(directory: str) -> int:
     os.write(ready_w, b"ready\n")
     os.close(ready_w)
     sys.stdout.flush()
+    return serve(monitor)
+
+
+def serve(monitor: Monitor) -> int:
+    """Run until idle, then remove the socket and the pid file (the lock goes with us)."""
+    directory = monitor.dir
     try:
         monitor.run()
     finally:
@@ -660,6 +769,14 @@ def daemonize(directory: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[1] == "--resume":
+        monitor = Monitor(args[0])
+        monitor.resume()
+        print(
+            f"monitor {os.getpid()}: re-executed, {len(monitor.containers)} containers kept",
+            flush=True,
+        )
+        return serve(monitor)
     if len(args) != 1:
         sys.stderr.write("usage: kubelet-py-monitor DIR\n")
         return 2

@@ -9,6 +9,7 @@ restarted one, and what its own death costs (said plainly in cri/runtime/monitor
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -115,3 +116,49 @@ def test_monitor_killed_breaks_stdio_and_exits_are_unknown(cri: CRI) -> None:
     assert done["exitCode"] == 3
     assert "hello" in cri.crictl("logs", fresh)
     assert _monitor_pid(cri) != monitor
+
+
+def _ask_monitor(cri: CRI, request: dict[str, object]) -> dict[str, object]:
+    directory = cri.root / "runtime" / "monitor"
+    dir_fd = os.open(directory, os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(f"/proc/self/fd/{dir_fd}/monitor.sock")
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer: dict[str, object] = json.loads(sock.makefile("rb").readline())
+            return answer
+    finally:
+        os.close(dir_fd)
+
+
+@NODE
+def test_monitor_reexec_hands_over_every_container(cri: CRI) -> None:
+    """A re-exec (how a new monitor version takes over) keeps the PID and every descriptor:
+    logs go on without a gap, exits are still reaped with their real code, attach works."""
+    _, ticker = cri.run_container("reex", "main", TICKER)
+    _, ender = cri.run_container("reexend", "main", ["sh", "-c", "sleep 2; exit 5"])
+    time.sleep(0.6)
+    monitor = _monitor_pid(cri)
+    assert _ask_monitor(cri, {"op": "reexec"})["pid"] == monitor
+    deadline = time.monotonic() + 10
+    while "re-executed" not in (cri.root / "runtime" / "monitor" / "monitor.log").read_text():
+        assert time.monotonic() < deadline, "the monitor did not come back from its re-exec"
+        time.sleep(0.1)
+    status = _ask_monitor(cri, {"op": "status"})
+    assert status["pid"] == monitor and ticker in status["containers"]  # type: ignore[operator]
+    assert cri.wait_state(ender, "CONTAINER_EXITED")["exitCode"] == 5
+    time.sleep(1.0)
+    ticks = _ticks(cri, ticker)
+    assert ticks == list(range(len(ticks))) and len(ticks) >= 10
+    dir_fd = os.open(cri.root / "runtime" / "sockets" / ticker, os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(5)
+            sock.connect(f"/proc/self/fd/{dir_fd}/attach")  # served by the re-executed monitor
+            packet = sock.recv(8193)
+    finally:
+        os.close(dir_fd)
+    assert packet[0] == 2 and b"tick" in packet  # a stdout packet, as conmon frames it
+    cri.crictl("stop", "--timeout", "5", ticker)
+    assert cri.wait_state(ticker, "CONTAINER_EXITED")["exitCode"] == 143  # SIGTERM, reaped by us
