@@ -14,6 +14,7 @@ of some machines, and says so).
 """
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -408,9 +409,25 @@ class NodeMonitorExecutor(ConmonExecutor):
         """The monitor lets go of a container when it writes the exit file: nothing to wait for."""
 
     async def close(self) -> None:
-        if self._hold is not None:
-            self._hold.close()
-            self._hold = None
+        """Let go of the monitor; an idle one leaves at once, and we wait until it has.
+
+        (It may sit in a network namespace that is about to be removed: a node's netns
+        lives on while a process is in it.)
+        """
+        if self._hold is None:
+            return
+        idle = False
+        pid = _read_pid(self.monitor_dir / "monitor.pid")
+        sock = await self._connect()
+        if sock is not None:
+            with contextlib.suppress(ExecutorError):
+                status = await _ask(sock, {"op": "status"})
+                idle = not status.get("containers") and not status.get("creating")
+        self._hold.close()
+        self._hold = None
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while idle and _pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _connect(self) -> socket.socket | None:
         loop = asyncio.get_running_loop()

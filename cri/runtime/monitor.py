@@ -364,6 +364,8 @@ class Monitor:
             for c in list(self.containers.values()) + list(self.creating.values()):
                 if c.requester is client:
                     c.requester = None
+            if not (self.containers or self.creating or self.clients):
+                self.last_busy = 0.0  # the last runtime went with nothing held: leave now
             return
         client.buf += data
         while b"\n" in client.buf:
