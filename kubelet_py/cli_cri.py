@@ -43,9 +43,9 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     serve.add_argument(
         "--monitor",
         choices=("conmon", "node"),
-        default="conmon",
-        help="what holds each container's stdio, log and exit: a conmon per container "
-        "(default) or one node-wide monitor process per runtime root",
+        default="node",
+        help="what holds each container's stdio, log and exit: one node-wide monitor "
+        "process per runtime root (default) or a conmon per container",
     )
     serve.add_argument(
         "--stream-address",

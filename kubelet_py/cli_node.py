@@ -61,9 +61,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--monitor",
         choices=("conmon", "node"),
-        default="conmon",
-        help="what holds each container's stdio, log and exit: a conmon per container "
-        "(default) or one node-wide monitor process per runtime root",
+        default="node",
+        help="what holds each container's stdio, log and exit: one node-wide monitor "
+        "process per runtime root (default) or a conmon per container",
     )
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument("--cluster-dns", default="", help="comma-separated DNS server IPs")

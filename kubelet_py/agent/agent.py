@@ -51,8 +51,8 @@ class AgentConfig:
     cgroup_parent: str = "kubelet-py"
     oci_runtime: str = "kubelet-py-oci"
     """The embedded runtime's OCI executor under conmon: ours, or runc / crun."""
-    monitor: str = "conmon"
-    """What holds the embedded runtime's containers: a conmon each, or one node monitor."""
+    monitor: str = "node"
+    """What holds the embedded runtime's containers: one node monitor, or a conmon each."""
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     node_labels: Mapping[str, str] = field(default_factory=dict)
