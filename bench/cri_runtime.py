@@ -536,6 +536,13 @@ def report(
             f"library pages split among the processes mapping them): "
             f"{ours.per_pod_pss_kib():.0f} KiB (containerd {anchor.per_pod_pss_kib():.0f} KiB)"
         )
+        for r in all_ours:
+            assert r.cold is not None and r.loaded is not None
+            whole = (r.loaded.rss_kib - r.cold.rss_kib) / r.mem_pods
+            print(
+                f"  ({r.label} counted from cold, i.e. with the whole of any monitor process "
+                f"started since: {whole:.0f} KiB RSS per pod)"
+            )
         if network == "host":
             ok = ok and faster and small
     print()

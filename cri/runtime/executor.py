@@ -541,12 +541,20 @@ class NodeMonitorExecutor(ConmonExecutor):
             "pid_file": str(bundle.parent / "pidfile"),
             "ctl": str(bundle / "ctl"),
         }
-        sock = await self.ensure_monitor()
-        answer = await _ask(sock, request, timeout_s=60.0)
+        try:
+            answer = await _ask(await self.ensure_monitor(), request, timeout_s=60.0)
+        except MonitorGoneError:
+            # It was leaving idle as we connected (it leaves only with nothing in flight,
+            # so the request was not seen): once more, with a monitor started afresh.
+            answer = await _ask(await self.ensure_monitor(), request, timeout_s=60.0)
         if "error" in answer:
             raise ExecutorError(f"{what}: {answer['error']}")
         (bundle.parent / "monitor.pid").write_text(str(answer["monitor_pid"]))
         return int(str(answer["pid"]))
+
+
+class MonitorGoneError(ExecutorError):
+    """The node monitor closed a connection without answering (it left, or died)."""
 
 
 async def _ask(
@@ -569,7 +577,7 @@ async def _ask(
     if request["op"] != "hold":
         sock.close()
     if not data:
-        raise ExecutorError(f"the node monitor closed the connection on {request['op']}")
+        raise MonitorGoneError(f"the node monitor closed the connection on {request['op']}")
     answer: dict[str, object] = json.loads(data.split(b"\n", 1)[0])
     return answer
 
