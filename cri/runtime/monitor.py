@@ -69,6 +69,7 @@ REQUEST_KEYS = (
     "id", "log_path", "exit_dir", "socket_dir", "ctl", "pid_file", "tty", "stdin", "runtime",
 )  # fmt: skip
 MAX_ORPHANS = 1024
+STDIN_QUEUE_MAX = 1 << 20
 
 
 def _timestamp() -> bytes:
@@ -152,6 +153,8 @@ class Container:
         self.clients: list[socket.socket] = []
         self.ctl_fd = -1
         self.ctl_buf = b""
+        self.in_pending = bytearray()  # attach input waiting for room in stdin
+        self.in_watch = -1
         self.pending: list[tuple[bytes, bytes]] = []  # output before create finished
 
     def open_log(self) -> None:
@@ -625,13 +628,49 @@ class Monitor:
         if not data:
             self._drop_attach(c, conn)  # stdin stays open for the next attach
             return
+        self._write_stdin(c, data)
+
+    def _write_stdin(self, c: Container, data: bytes) -> None:
+        """To the container's stdin (pipe or terminal); what does not fit waits for room."""
         target = c.master if c.tty else c.in_fd
         if target < 0:
             return
+        if c.in_pending:
+            if len(c.in_pending) + len(data) > STDIN_QUEUE_MAX:
+                print(f"monitor: stdin of {c.id[:12]} is full; input dropped", file=sys.stderr)
+                return
+            c.in_pending += data
+            return
         try:
-            os.write(target, data)
+            n = os.write(target, data)
+        except BlockingIOError:
+            n = 0
         except OSError as err:
             print(f"monitor: stdin of {c.id[:12]}: {err}", file=sys.stderr)
+            return
+        if n < len(data):
+            c.in_pending += data[n:]
+            # a duplicate to watch for room: the terminal's master is registered for reading
+            c.in_watch = os.dup(target)
+            self.sel.register(c.in_watch, selectors.EVENT_WRITE, ("stdin_room", c))
+
+    def _on_stdin_room(self, fd: int, c: Container) -> None:
+        try:
+            n = os.write(fd, c.in_pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(c.in_pending)
+        del c.in_pending[:n]
+        if not c.in_pending:
+            self._stop_stdin_watch(c)
+
+    def _stop_stdin_watch(self, c: Container) -> None:
+        if c.in_watch >= 0:
+            self.sel.unregister(c.in_watch)
+            os.close(c.in_watch)
+            c.in_watch = -1
+        c.in_pending.clear()
 
     def _drop_attach(self, c: Container, conn: socket.socket) -> None:
         if conn in c.clients:
@@ -673,6 +712,7 @@ class Monitor:
 
     def _discard(self, c: Container) -> None:
         self._close_console(c)
+        self._stop_stdin_watch(c)
         for conn in list(c.clients):
             self._drop_attach(c, conn)
         if c.attach is not None:

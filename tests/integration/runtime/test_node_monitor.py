@@ -162,3 +162,25 @@ def test_monitor_reexec_hands_over_every_container(cri: CRI) -> None:
     assert packet[0] == 2 and b"tick" in packet  # a stdout packet, as conmon frames it
     cri.crictl("stop", "--timeout", "5", ticker)
     assert cri.wait_state(ticker, "CONTAINER_EXITED")["exitCode"] == 143  # SIGTERM, reaped by us
+
+
+@NODE
+def test_attach_stdin_beyond_the_pipe_is_queued_not_dropped(cri: CRI) -> None:
+    """200 kB sent through the attach socket to a container not reading yet (a pipe holds
+    64 KiB) all arrive: the monitor queues what does not fit."""
+    _, ctr_id = cri.run_container(
+        "monstdin", "main", ["sh", "-c", "sleep 2; head -c 200000 | wc -c"], stdin=True
+    )
+    dir_fd = os.open(cri.root / "runtime" / "sockets" / ctr_id, os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(10)
+            sock.connect(f"/proc/self/fd/{dir_fd}/attach")
+            payload = b"x" * 200000
+            for off in range(0, len(payload), 8192):
+                sock.sendall(payload[off : off + 8192])
+            status = cri.wait_state(ctr_id, "CONTAINER_EXITED", timeout_s=30)
+    finally:
+        os.close(dir_fd)
+    assert status["exitCode"] == 0
+    assert "200000" in cri.crictl("logs", ctr_id)
