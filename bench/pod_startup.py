@@ -452,8 +452,15 @@ class OurNode:
         self.lab: Any = None
 
     def conmons(self) -> list[int]:
+        """The agent's container monitors: its conmons, or its one node monitor (the default)."""
         exits = str(self.root / "runtime" / "exits")
-        return find_pids(lambda argv: Path(argv[0]).name == "conmon" and exits in argv)
+        monitor_dir = str(self.root / "runtime" / "monitor")
+        return find_pids(
+            lambda argv: (
+                (Path(argv[0]).name == "conmon" and exits in argv)
+                or (argv[-1] == monitor_dir and "kubelet-py-monitor" in " ".join(argv))
+            )
+        )
 
     def start(self) -> Node:
         self.lab = self.cluster.add_node(self.name)
@@ -478,7 +485,7 @@ class OurNode:
             name=self.name,
             agent_pid=proc.pid,
             cri=self.cri,
-            stack=lambda: {"agent": [proc.pid], "conmon": self.conmons()},
+            stack=lambda: {"agent": [proc.pid], "monitors": self.conmons()},
             alive=lambda: proc.poll() is None,
             log_tail=self.log_tail,
         )
@@ -498,6 +505,9 @@ class OurNode:
             self.cri.close()
         conmons = self.conmons()
         stop_popen(self.proc, grace_s=20)
+        deadline = time.monotonic() + 5  # an idle node monitor leaves with its agent
+        while self.conmons() and time.monotonic() < deadline:
+            time.sleep(0.2)
         kill_pids(self.conmons() or conmons, grace_s=3)
         left = unmount_under(self.root)
         if left:
@@ -720,7 +730,7 @@ def report(results: list[NodeResult], args: argparse.Namespace, upstream_note: s
     print(
         "  idle CPU % = the agent process alone (ours: agent with its embedded runtime; "
         "upstream: kubelet), % of one core over "
-        f"{args.idle_s:.0f} s; stack CPU % adds conmons (ours) or containerd + shims (upstream)"
+        f"{args.idle_s:.0f} s; stack CPU % adds our monitors or containerd + shims (upstream)"
     )
     for r in results:
         if r.timeline:

@@ -41,6 +41,13 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="the OCI executor under conmon: kubelet-py-oci (ours, default), runc or crun",
     )
     serve.add_argument(
+        "--monitor",
+        choices=("conmon", "node"),
+        default="node",
+        help="what holds each container's stdio, log and exit: one node-wide monitor "
+        "process per runtime root (default) or a conmon per container",
+    )
+    serve.add_argument(
         "--stream-address",
         default="127.0.0.1:0",
         metavar="HOST:PORT",
@@ -82,6 +89,7 @@ async def _serve(args: argparse.Namespace) -> int:
         images=images,
         cgroup_parent_name=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
+        monitor=args.monitor,
         network=network,
         network_ready=(lambda: (True, "")) if args.network == "loopback" else None,
     )

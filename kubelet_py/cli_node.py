@@ -60,6 +60,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="the built-in runtime's OCI executor: kubelet-py-oci (ours, default), runc or crun",
     )
+    run.add_argument(
+        "--monitor",
+        choices=("conmon", "node"),
+        default="node",
+        help="what holds each container's stdio, log and exit: one node-wide monitor "
+        "process per runtime root (default) or a conmon per container",
+    )
     run.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST")
     run.add_argument(
         "--registry-certs-dir",
@@ -240,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         embedded_runtime=not args.remote_runtime,
         cgroup_parent=args.cgroup_parent,
         oci_runtime=args.oci_runtime,
+        monitor=args.monitor,
         cluster_dns=kc.cluster_dns,
         cluster_domain=kc.cluster_domain or "cluster.local",
         node_labels=labels,

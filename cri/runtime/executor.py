@@ -14,19 +14,25 @@ of some machines, and says so).
 """
 
 import asyncio
+import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import termios
 from dataclasses import dataclass
 from pathlib import Path
 
 from cri.runtime.errors import ExecutorError, NotFoundError
+
+log = logging.getLogger(__name__)
 
 _START_SOCKET = "start.sock"
 """Where a created container of our executor waits to be started (cri.oci.state)."""
@@ -41,6 +47,10 @@ class ExecResult:
 
 
 class ConmonExecutor:
+    """A conmon per container (Debian's conmon 2.x), the OCI runtime beneath it."""
+
+    monitor = "conmon"
+
     def __init__(
         self, *, state_dir: Path, runtime: str = "kubelet-py-oci", conmon: str = "conmon"
     ) -> None:
@@ -152,6 +162,20 @@ class ConmonExecutor:
                 return pid
             raise ExecutorError(f"{what}: {msg.get('message') or 'runtime create failed'}")
         raise ExecutorError(f"{what}: unreadable conmon answer {data!r}")
+
+    def monitor_alive(self, container_dir: Path) -> bool:
+        """Is the process that holds this container (and will write its exit file) alive?"""
+        return _pid_alive(_read_pid(container_dir / "conmon.pid"))
+
+    async def released(self, container_dir: Path) -> None:
+        """Wait (a little) until the monitor has let go of a removed container."""
+        pid = _read_pid(container_dir / "conmon.pid")
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while _pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        """The runtime stops: conmons are on their own already."""
 
     async def start(self, container_id: str) -> None:
         what = f"starting container {container_id[:12]}"
@@ -347,6 +371,269 @@ class ConmonExecutor:
         finally:
             os.close(slave)
         return ExecStream(proc, master, pid_file)
+
+
+MONITOR_LAUNCHER = """#!{python} -IS
+# Written by cri.runtime.executor: kubelet-py's node-wide container monitor.
+import sys
+sys.path.insert(0, {root!r})
+from cri.runtime.monitor import main
+sys.exit(main())
+"""
+
+
+class NodeMonitorExecutor(ConmonExecutor):
+    """One monitor process per runtime root (cri.runtime.monitor) holds every container.
+
+    The same files as conmon (exit files, attach sockets, control FIFOs, CRI logs), so
+    everything but `create` is the conmon executor's. The monitor is started detached
+    when none answers on <root>/monitor/monitor.sock; this runtime keeps a "hold"
+    connection open to it, so an idle monitor goes away only when no runtime uses it.
+    """
+
+    monitor = "node"
+
+    def __init__(self, *, state_dir: Path, runtime: str = "kubelet-py-oci") -> None:
+        super().__init__(state_dir=state_dir, runtime=runtime)
+        self.monitor_dir = state_dir / "monitor"
+        self.monitor_dir.mkdir(exist_ok=True)
+        self.launcher = str(state_dir / "kubelet-py-monitor")
+        _write_monitor_launcher(self.launcher)
+        self._hold: socket.socket | None = None
+        self._start_lock = asyncio.Lock()
+
+    def monitor_alive(self, container_dir: Path) -> bool:
+        return _pid_alive(_read_pid(container_dir / "monitor.pid"))
+
+    async def released(self, container_dir: Path) -> None:
+        """The monitor lets go of a container when it writes the exit file: nothing to wait for."""
+
+    async def close(self) -> None:
+        """Let go of the monitor; an idle one leaves at once, and we wait until it has.
+
+        (It may sit in a network namespace that is about to be removed: a node's netns
+        lives on while a process is in it.)
+        """
+        if self._hold is None:
+            return
+        idle = False
+        pid = _read_pid(self.monitor_dir / "monitor.pid")
+        sock = await self._connect()
+        if sock is not None:
+            with contextlib.suppress(ExecutorError):
+                status = await _ask(sock, {"op": "status"})
+                idle = not status.get("containers") and not status.get("creating")
+        self._hold.close()
+        self._hold = None
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while idle and _pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _connect(self) -> socket.socket | None:
+        loop = asyncio.get_running_loop()
+        try:
+            dir_fd = os.open(self.monitor_dir, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            # /proc/self/fd/<dir>/monitor.sock stays under the 108-byte sun_path limit
+            await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/monitor.sock")
+        except OSError:
+            sock.close()
+            return None
+        finally:
+            os.close(dir_fd)
+        return sock
+
+    def _hold_lost(self) -> bool:
+        if self._hold is None:
+            return True
+        try:
+            gone = self._hold.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            gone = True
+        if gone:
+            self._hold.close()
+            self._hold = None
+        return gone
+
+    async def ensure_monitor(self) -> socket.socket:
+        """A request connection to the node monitor, started (detached) if none answers."""
+        async with self._start_lock:
+            problem = ""
+            for _ in range(5):
+                sock = await self._connect()
+                if sock is not None:
+                    if self._hold_lost():
+                        hold = await self._connect()
+                        said = await _ask(hold, {"op": "hold"}) if hold is not None else {}
+                        if hold is not None and "pid" in said:
+                            self._hold = hold
+                            if said.get("version") != _monitor_version():
+                                await self._upgrade(said)
+                        elif hold is not None:
+                            hold.close()
+                    if self._hold is not None:
+                        return sock
+                    sock.close()  # it was going away idle: start another
+                proc = await asyncio.create_subprocess_exec(
+                    self.launcher,
+                    str(self.monitor_dir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+                _, err = await proc.communicate()
+                problem = err.decode(errors="replace").strip()
+                if proc.returncode != 0:
+                    raise ExecutorError(
+                        f"starting the node monitor in {self.monitor_dir}: {problem}"
+                    )
+                await asyncio.sleep(0.05)
+            raise ExecutorError(
+                f"the node monitor in {self.monitor_dir} does not answer: {problem or 'no reason'}"
+            )
+
+    async def _upgrade(self, said: dict[str, object]) -> None:
+        """The monitor runs other code than ours: it re-executes itself, keeping containers."""
+        log.info(
+            "node monitor %s runs code %s, ours is %s: asking it to re-exec",
+            said.get("pid"),
+            said.get("version"),
+            _monitor_version(),
+        )
+        sock = await self._connect()
+        if sock is not None:
+            await _ask(sock, {"op": "reexec"})
+        if self._hold is not None:  # the re-exec closes it; the next request holds again
+            self._hold.close()
+            self._hold = None
+
+    async def create(
+        self,
+        *,
+        container_id: str,
+        bundle: Path,
+        log_path: Path,
+        name: str,
+        tty: bool = False,
+        stdin: bool = False,
+    ) -> int:
+        """Ask the node monitor to create the container; return the container's host PID."""
+        what = f"creating container {container_id[:12]} ({name})"
+        (bundle.parent / "persist").mkdir(exist_ok=True)
+        request = {
+            "op": "create",
+            "id": container_id,
+            "bundle": str(bundle),
+            "log_path": str(log_path),
+            "tty": tty,
+            "stdin": stdin,
+            "runtime": self.runtime,
+            "runtime_args": [f"--root={self.runtime_root}"],
+            "exit_dir": str(self.exits_dir),
+            "socket_dir": str(self.sockets_dir),
+            "pid_file": str(bundle.parent / "pidfile"),
+            "ctl": str(bundle / "ctl"),
+        }
+        try:
+            answer = await _ask(await self.ensure_monitor(), request, timeout_s=60.0)
+        except MonitorGoneError:
+            # It was leaving idle as we connected (it leaves only with nothing in flight,
+            # so the request was not seen): once more, with a monitor started afresh.
+            answer = await _ask(await self.ensure_monitor(), request, timeout_s=60.0)
+        if "error" in answer:
+            raise ExecutorError(f"{what}: {answer['error']}")
+        (bundle.parent / "monitor.pid").write_text(str(answer["monitor_pid"]))
+        return int(str(answer["pid"]))
+
+
+class MonitorGoneError(ExecutorError):
+    """The node monitor closed a connection without answering (it left, or died)."""
+
+
+async def _ask(
+    sock: socket.socket, request: dict[str, object], *, timeout_s: float = 10.0
+) -> dict[str, object]:
+    """One JSON line to the node monitor, one back; the socket is closed unless it is a hold."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    try:
+        await loop.sock_sendall(sock, json.dumps(request).encode() + b"\n")
+        async with asyncio.timeout(timeout_s):
+            while b"\n" not in data:
+                chunk = await loop.sock_recv(sock, 65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (OSError, TimeoutError) as err:
+        sock.close()
+        raise ExecutorError(f"the node monitor did not answer {request['op']}: {err}") from err
+    if request["op"] != "hold":
+        sock.close()
+    if not data:
+        raise MonitorGoneError(f"the node monitor closed the connection on {request['op']}")
+    answer: dict[str, object] = json.loads(data.split(b"\n", 1)[0])
+    return answer
+
+
+def _monitor_version() -> str:
+    """What cri.runtime.monitor.VERSION is for the code this runtime would start."""
+    data = (Path(__file__).parent / "monitor.py").read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _write_monitor_launcher(path: str) -> None:
+    from cri.oci.launcher import import_root
+
+    text = MONITOR_LAUNCHER.format(python=os.path.realpath(sys.executable), root=import_root())
+    try:
+        if Path(path).read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.rename(path)
+
+
+def new_executor(*, state_dir: Path, runtime: str, monitor: str) -> ConmonExecutor:
+    """The executor for `--monitor conmon|node`."""
+    if monitor == "node":
+        return NodeMonitorExecutor(state_dir=state_dir, runtime=runtime)
+    if monitor == "conmon":
+        return ConmonExecutor(state_dir=state_dir, runtime=runtime)
+    raise ExecutorError(f"unknown container monitor {monitor!r}: conmon or node")
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live process (not a zombie) with this PID."""
+    if pid <= 0:
+        return False  # kill(0, …) would address our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 class ExecStream:

@@ -41,7 +41,7 @@ from cri.runtime.errors import (
     NotFoundError,
     RuntimeServiceError,
 )
-from cri.runtime.executor import ConmonExecutor, ExecResult, ExecStream
+from cri.runtime.executor import ExecResult, ExecStream, new_executor
 from cri.runtime.model import (
     ContainerConfig,
     ContainerState,
@@ -104,13 +104,14 @@ class RuntimeService:
         images: ImageService,
         cgroup_parent_name: str = "kubelet-py",
         oci_runtime: str = "kubelet-py-oci",
+        monitor: str = "conmon",
         network_ready: Callable[[], tuple[bool, str]] | None = None,
         network: PodNetwork | None = None,
     ) -> None:
         self.root = root
         self.images = images
         self.records = RecordStore(root)
-        self.executor = ConmonExecutor(state_dir=root, runtime=oci_runtime)
+        self.executor = new_executor(state_dir=root, runtime=oci_runtime, monitor=monitor)
         self.pod_init = podinit.write_program(root / "pod-init")
         self.cgroups: CgroupV1 | CgroupV2 = new_driver(
             parent_name=cgroup_parent_name, state_file=root / "cgroups-created.json"
@@ -148,6 +149,7 @@ class RuntimeService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await self.executor.close()
 
     async def _watch_exits(self) -> None:
         """Turn conmon's exit files into EXITED records.
@@ -201,9 +203,9 @@ class RuntimeService:
                 record.pid
                 and record.state == ContainerState.RUNNING.value
                 and not _pid_alive(record.pid)
-                and not _pid_alive(_read_pid(self.records.container_dir(record.id) / "conmon.pid"))
+                and not self.executor.monitor_alive(self.records.container_dir(record.id))
             ):
-                # conmon died with it (or was killed): no exit code to report.
+                # its monitor died with it (or was killed): no exit code to report.
                 record.state = ContainerState.EXITED.value
                 record.exit_code, record.reason = 255, "Unknown"
                 record.message = "the container's monitor is gone; its exit code is unknown"
@@ -737,9 +739,7 @@ class RuntimeService:
             await self.executor.delete(record.id)
             directory = self.records.container_dir(record.id)
             await asyncio.to_thread(mounts.umount, directory / "bundle" / "rootfs")
-            conmon_pid = _read_pid(directory / "conmon.pid")
-            if conmon_pid and _pid_alive(conmon_pid):
-                await _wait_pid_gone(conmon_pid, 5.0)
+            await self.executor.released(directory)
             with contextlib.suppress(RuntimeServiceError, OSError):
                 await asyncio.to_thread(self.cgroups.remove, record.cgroup_path)
             self.executor.forget_exit(record.id)
@@ -882,13 +882,6 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False  # kill(0, …) would address our own process group
@@ -903,12 +896,6 @@ def _pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-async def _wait_pid_gone(pid: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
 
 
 def _signal_number(name: str) -> int:

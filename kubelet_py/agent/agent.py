@@ -58,6 +58,8 @@ class AgentConfig:
     cgroup_parent: str = "kubelet-py"
     oci_runtime: str = "kubelet-py-oci"
     """The embedded runtime's OCI executor under conmon: ours, or runc / crun."""
+    monitor: str = "node"
+    """What holds the embedded runtime's containers: one node monitor, or a conmon each."""
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     node_labels: Mapping[str, str] = field(default_factory=dict)
@@ -273,6 +275,7 @@ class Agent:
             images=images,
             cgroup_parent_name=self.config.cgroup_parent,
             oci_runtime=self.config.oci_runtime,
+            monitor=self.config.monitor,
             network_ready=lambda: (True, ""),  # loopback-only pods need nothing more
             network=pod_network,
         )

@@ -52,6 +52,7 @@ class CRI:
     log_path: Path
     work: Path
     oci_runtime: str = "kubelet-py-oci"
+    monitor: str = "conmon"
 
     def crictl(self, *args: str, check: bool = True, timeout_s: float = 60) -> str:
         endpoint = f"unix://{self.socket}"
@@ -129,14 +130,19 @@ class CRI:
 
 
 def start_server(
-    root: Path, socket: Path, log_path: Path, oci_runtime: str = "kubelet-py-oci"
+    root: Path,
+    socket: Path,
+    log_path: Path,
+    oci_runtime: str = "kubelet-py-oci",
+    monitor: str = "conmon",
 ) -> subprocess.Popen[bytes]:
     ready_line = b"serving CRI v1 on"
     seen = log_path.read_bytes().count(ready_line) if log_path.exists() else 0
     log = log_path.open("ab")
     proc = subprocess.Popen(
         ["python3", "-m", "kubelet_py", "cri", "serve", "--root", str(root), "--socket",
-         str(socket), "--cgroup-parent", CGROUP_PARENT, "--oci-runtime", oci_runtime],
+         str(socket), "--cgroup-parent", CGROUP_PARENT, "--oci-runtime", oci_runtime,
+         "--monitor", monitor],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
@@ -159,20 +165,28 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-@pytest.fixture(params=["kubelet-py-oci", "runc"])
+@pytest.fixture(
+    params=[
+        ("kubelet-py-oci", "conmon"),
+        ("runc", "conmon"),
+        ("kubelet-py-oci", "node"),
+        ("runc", "node"),
+    ],
+    ids=["kubelet-py-oci", "runc", "kubelet-py-oci-node", "runc-node"],
+)
 def cri(runtime_images: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CRI]:
-    """A fresh CRI server on a shared image store, once with runc and once with our own OCI
-    executor beneath conmon; every pod removed afterwards."""
+    """A fresh CRI server on a shared image store, for each OCI executor (runc, ours) under
+    each monitor (a conmon per container, the node-wide monitor); every pod removed after."""
     crictl_bin = ensure_go_tool("crictl")
     socket = tmp_path / "cri.sock"
     log_path = tmp_path / "cri.log"
-    oci = str(request.param)
-    proc = start_server(runtime_images, socket, log_path, oci)
-    handle = CRI(runtime_images, socket, crictl_bin, proc, log_path, tmp_path, oci)
+    oci, monitor = request.param
+    proc = start_server(runtime_images, socket, log_path, oci, monitor)
+    handle = CRI(runtime_images, socket, crictl_bin, proc, log_path, tmp_path, oci, monitor)
     try:
         yield handle
     finally:
         if handle.proc.poll() is not None:  # a test killed it: bring one up to clean up
-            handle.proc = start_server(runtime_images, socket, log_path, oci)
+            handle.proc = start_server(runtime_images, socket, log_path, oci, monitor)
         handle.cleanup_all()
         stop_server(handle.proc)

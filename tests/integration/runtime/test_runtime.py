@@ -186,7 +186,7 @@ def test_runtime_killed_and_restarted(cri: CRI) -> None:
     cri.proc.wait()
     time.sleep(2.5)  # `ends` exits while no runtime is up
     cri.socket.unlink(missing_ok=True)
-    cri.proc = start_server(cri.root, cri.socket, cri.log_path, cri.oci_runtime)
+    cri.proc = start_server(cri.root, cri.socket, cri.log_path, cri.oci_runtime, cri.monitor)
     listed = [c["id"] for c in json.loads(cri.crictl("ps", "-a", "-o", "json"))["containers"]]
     assert sorted(listed) == sorted([keeps, ends])
     assert cri.inspect(keeps)["status"]["state"] == "CONTAINER_RUNNING"  # type: ignore[index]
