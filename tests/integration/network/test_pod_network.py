@@ -10,6 +10,7 @@ namespaces. Nothing touches the root network namespace.
 
 import asyncio
 import ipaddress
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -46,33 +47,47 @@ WEB = (
 
 
 @pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """busybox as an OCI layout, imported into every node's store."""
+    return ImageBuilder(tmp_path_factory.mktemp("net-images")).busybox().layout
+
+
+def start_node(
+    cluster: LocalCluster, layout: Path, root: Path, name: str, extra: tuple[str, ...]
+) -> AgentNode:
+    """A node agent in a fresh lab node namespace, busybox preloaded."""
+    lab = cluster.add_node(name)
+    static_dir = root / "manifests"
+    static_dir.mkdir(parents=True)
+
+    async def load() -> None:
+        svc = ImageService(root / "images")
+        await svc.import_image(layout, name=IMAGE)
+        await svc.close()
+
+    asyncio.run(load())
+    log_path = root / "agent.log"
+    proc = start_agent(cluster, lab, root, static_dir, log_path, ("--network", "cni", *extra))
+    return AgentNode(name, lab, root, static_dir, log_path, proc)
+
+
+@pytest.fixture(scope="module")
 def nodes(
-    cluster: LocalCluster, admin_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    cluster: LocalCluster,
+    admin_api: client.ApiClient,
+    layout: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, AgentNode]]:
     """Three CNI nodes, Ready (which needs their pod network configured), busybox preloaded."""
     cluster.prepare_for_pod_network()  # the overlay's RBAC, as the Helm chart grants it
-    layout = ImageBuilder(tmp_path_factory.mktemp("net-images")).busybox().layout
     core = client.CoreV1Api(admin_api)
     started: dict[str, AgentNode] = {}
     try:
         for name in NODES:
-            lab = cluster.add_node(name)
             root = tmp_path_factory.mktemp(f"{name}-root")
-            static_dir = root / "manifests"
-            static_dir.mkdir()
-
-            async def load(root: Path = root) -> None:
-                svc = ImageService(root / "images")
-                await svc.import_image(layout, name=IMAGE)
-                await svc.close()
-
-            asyncio.run(load())
-            log_path = root / "agent.log"
-            proc = start_agent(
-                cluster, lab, root, static_dir, log_path,
-                ("--network", "cni", "--cluster-cidr", CLUSTER_CIDR),
-            )  # fmt: skip
-            started[name] = AgentNode(name, lab, root, static_dir, log_path, proc)
+            started[name] = start_node(
+                cluster, layout, root, name, ("--cluster-cidr", CLUSTER_CIDR)
+            )
         for name, node in started.items():
             wait_for(f"node {name} to be Ready", lambda n=name: _ready(core, n), 90, node)
         yield started
@@ -256,6 +271,100 @@ def test_host_port_is_reachable_on_the_node_address(
             break
     assert res is not None and res.returncode == 0, f"underlay -> {url}: {res and res.stderr}"
     assert res.stdout.startswith("hello-from-")
+
+
+def _reaches(cluster: LocalCluster, ns: str, client_pod: client.V1Pod, ip: str) -> bool:
+    """One TCP request from inside a pod (3 s timeout): does the server answer?"""
+    request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {ip} 8080"
+    res = _sh(
+        [str(cluster.binaries.kubectl), f"--kubeconfig={cluster.admin_kubeconfig}",
+         "exec", "-n", ns, client_pod.metadata.name, "--", "sh", "-c", request],
+    )  # fmt: skip
+    return res.returncode == 0 and "hello-from-" in res.stdout
+
+
+def test_isolation_blocks_pods_of_a_node_but_not_outside(
+    nodes: dict[str, AgentNode],
+    admin_api: client.ApiClient,
+    ns: str,
+    cluster: LocalCluster,
+    layout: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """--pod-isolation (Docker's --icc=false): same-node pods can't talk; other nodes can."""
+    core = client.CoreV1Api(admin_api)
+    iso = start_node(
+        cluster, layout, tmp_path_factory.mktemp("netiso-root"), "netiso",
+        ("--cluster-cidr", CLUSTER_CIDR, "--pod-isolation"),
+    )  # fmt: skip
+    try:
+        wait_for("node netiso to be Ready", lambda: _ready(core, "netiso"), 90, iso)
+        web = run_pod(core, ns, iso, WEB)
+        neighbour = run_pod(core, ns, iso, "sleep 3600")
+        remote = run_pod(core, ns, nodes["neta"], "sleep 3600")
+        # from another node: flows (retried while httpd starts)
+        assert fetch(cluster, ns, remote, web.status.pod_ip, 8080).startswith("hello-from-")
+        # from a pod on the same bridge: blocked, every time
+        assert not any(_reaches(cluster, ns, neighbour, web.status.pod_ip) for _ in range(3))
+        # without isolation (neta) the same-node request works: see the pod-to-pod test
+    finally:
+        _teardown(cluster, core, iso)
+
+
+def test_exhausted_range_fails_the_sandbox_with_the_cni_error(
+    nodes: dict[str, AgentNode],
+    admin_api: client.ApiClient,
+    ns: str,
+    cluster: LocalCluster,
+    layout: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A hand-written conflist with two addresses: the third pod's event carries the CNI error."""
+    core = client.CoreV1Api(admin_api)
+    root = tmp_path_factory.mktemp("netfull-root")
+    conf_dir = root / "net.d"
+    conf_dir.mkdir()
+    conf_dir.joinpath("10-small.conflist").write_text(json.dumps({
+        "cniVersion": "1.1.0", "name": "small",
+        "plugins": [{
+            "type": "bridge", "bridge": "kpysmall0", "isGateway": True, "ipMasq": True,
+            "ipam": {"type": "host-local", "dataDir": str(root / "ipam"), "ranges": [[{
+                "subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10",
+                "rangeEnd": "10.250.0.11",
+            }]]},
+        }],
+    }))  # fmt: skip
+    full = start_node(
+        cluster, layout, root, "netfull",
+        ("--cni-manage-config", "false", "--cni-conf-dir", str(conf_dir)),
+    )  # fmt: skip
+    try:
+        wait_for("node netfull to be Ready", lambda: _ready(core, "netfull"), 90, full)
+        ips = {run_pod(core, ns, full, "sleep 3600").status.pod_ip for _ in range(2)}
+        assert ips == {"10.250.0.10", "10.250.0.11"}
+        name = f"p-{uuid.uuid4().hex[:6]}"
+        core.create_namespaced_pod(ns, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PodSpec(node_name="netfull", termination_grace_period_seconds=1,
+                                  containers=[client.V1Container(
+                                      name="main", image=IMAGE, image_pull_policy="IfNotPresent",
+                                      command=["sleep", "3600"])]),
+        ))  # fmt: skip
+
+        def failed_event() -> str:
+            events = core.list_namespaced_event(
+                ns, field_selector=f"involvedObject.name={name}"
+            ).items
+            return next((e.message for e in events if e.reason == "FailedCreatePodSandBox"), "")
+
+        message = wait_for("a FailedCreatePodSandBox event", failed_event, 60, full)
+        assert "no IP addresses available" in message, message
+        assert core.read_namespaced_pod(name, ns).status.phase == "Pending"
+    finally:
+        _teardown(cluster, core, full)
+    # DEL gave every address back: the IPAM store holds no allocation any more
+    leftovers = [p.name for p in (root / "ipam" / "small").glob("10.250.*")]
+    assert leftovers == [], leftovers
 
 
 def _routes(node: AgentNode) -> str:
