@@ -367,6 +367,70 @@ def test_exhausted_range_fails_the_sandbox_with_the_cni_error(
     assert leftovers == [], leftovers
 
 
+def _node_net_state(node: AgentNode) -> dict[str, str]:
+    """What pods leave in a node's namespace: veths, routes, FDB, nft rules, IPAM files."""
+    n = node.lab.netns
+    veths = _sh(["ip", "-n", n, "-o", "link", "show", "type", "veth"]).stdout
+    nft = _sh(["ip", "netns", "exec", n, "nft", "list", "ruleset"]).stdout
+    ipam = sorted(p.name for p in (node.root / "cni" / "ipam").rglob("*") if p.is_file())
+    return {
+        "veths": "\n".join(sorted(line.split(":")[1].split("@")[0] for line in veths.splitlines())),
+        "routes": _sh(["ip", "-n", n, "route", "show"]).stdout.replace(" linkdown", ""),
+        "fdb": _sh(["bridge", "-n", n, "fdb", "show", "dev", "kpy.1"]).stdout,
+        "nft": "\n".join(line for line in nft.splitlines() if "elements" not in line),
+        "nft elements": "\n".join(line for line in nft.splitlines() if "elements" in line),
+        "ipam": "\n".join(f for f in ipam if f[0].isdigit()),
+    }
+
+
+def test_200_pod_create_delete_cycles_leave_nothing_behind(
+    nodes: dict[str, AgentNode], admin_api: client.ApiClient, ns: str
+) -> None:
+    """200 pods through the API (10 waves of 20) on one node: no veth, address, route, FDB
+    entry or nft rule is left once they are gone."""
+    core = client.CoreV1Api(admin_api)
+    node = nodes["netb"]
+    sandboxes = node.root / "runtime" / "sandboxes"
+    kept = set(sandboxes.iterdir())  # the earlier tests' pods stay running
+    before = _node_net_state(node)
+    for wave in range(10):
+        names = [f"cyc-{wave}-{i}" for i in range(20)]
+        for name in names:
+            core.create_namespaced_pod(ns, client.V1Pod(
+                metadata=client.V1ObjectMeta(name=name, labels={"cycle": "yes"}),
+                spec=client.V1PodSpec(
+                    node_name="netb", termination_grace_period_seconds=0,
+                    containers=[client.V1Container(
+                        name="main", image=IMAGE, image_pull_policy="IfNotPresent",
+                        command=["sleep", "3600"])],
+                ),
+            ))  # fmt: skip
+
+        def running(names: list[str] = names) -> bool:
+            pods = core.list_namespaced_pod(ns, label_selector="cycle=yes").items
+            up = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+            return len(up) == len(names)
+
+        wait_for(f"wave {wave}: 20 pods running with IPs", running, 120, node)
+        core.delete_collection_namespaced_pod(
+            ns, label_selector="cycle=yes", grace_period_seconds=0
+        )
+        wait_for(
+            f"wave {wave}: the pods to be gone",
+            lambda: not core.list_namespaced_pod(ns, label_selector="cycle=yes").items,
+            120,
+            node,
+        )
+    wait_for(
+        "the runtime to drop the 200 sandboxes", lambda: set(sandboxes.iterdir()) == kept, 60, node
+    )
+    after = _node_net_state(node)
+    for key in before:
+        assert after[key] == before[key], (
+            f"{key} differs after 200 pods:\n{before[key]}\n--\n{after[key]}"
+        )
+
+
 def _routes(node: AgentNode) -> str:
     return _sh(["ip", "-n", node.lab.netns, "route", "show"]).stdout
 
