@@ -165,13 +165,13 @@ class ConmonExecutor:
 
     def monitor_alive(self, container_dir: Path) -> bool:
         """Is the process that holds this container (and will write its exit file) alive?"""
-        return _pid_alive(_read_pid(container_dir / "conmon.pid"))
+        return pid_alive(_read_pid(container_dir / "conmon.pid"))
 
     async def released(self, container_dir: Path) -> None:
         """Wait (a little) until the monitor has let go of a removed container."""
         pid = _read_pid(container_dir / "conmon.pid")
         deadline = asyncio.get_running_loop().time() + 5.0
-        while _pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
+        while pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
@@ -403,7 +403,7 @@ class NodeMonitorExecutor(ConmonExecutor):
         self._start_lock = asyncio.Lock()
 
     def monitor_alive(self, container_dir: Path) -> bool:
-        return _pid_alive(_read_pid(container_dir / "monitor.pid"))
+        return pid_alive(_read_pid(container_dir / "monitor.pid"))
 
     async def released(self, container_dir: Path) -> None:
         """The monitor lets go of a container when it writes the exit file: nothing to wait for."""
@@ -426,7 +426,7 @@ class NodeMonitorExecutor(ConmonExecutor):
         self._hold.close()
         self._hold = None
         deadline = asyncio.get_running_loop().time() + 3.0
-        while idle and _pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
+        while idle and pid_alive(pid) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
     async def _connect(self) -> socket.socket | None:
@@ -619,7 +619,7 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """A live process (not a zombie) with this PID."""
     if pid <= 0:
         return False  # kill(0, …) would address our own process group

@@ -41,7 +41,7 @@ from cri.runtime.errors import (
     NotFoundError,
     RuntimeServiceError,
 )
-from cri.runtime.executor import ExecResult, ExecStream, new_executor
+from cri.runtime.executor import ExecResult, ExecStream, new_executor, pid_alive
 from cri.runtime.model import (
     ContainerConfig,
     ContainerState,
@@ -202,7 +202,7 @@ class RuntimeService:
             if (
                 record.pid
                 and record.state == ContainerState.RUNNING.value
-                and not _pid_alive(record.pid)
+                and not pid_alive(record.pid)
                 and not self.executor.monitor_alive(self.records.container_dir(record.id))
             ):
                 # its monitor died with it (or was killed): no exit code to report.
@@ -880,22 +880,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False  # kill(0, …) would address our own process group
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _signal_number(name: str) -> int:
