@@ -118,6 +118,7 @@ class NetLab:
         self.prefix = prefix
         self.subnet = subnet
         self._nodes: dict[str, LabNode] = {}
+        self._lab_ends: dict[str, str] = {}
         self._created = False
 
     @property
@@ -208,13 +209,26 @@ class NetLab:
             _remove_netns(node.netns)
             raise NetLabError(f"adding lab node {name} ({node.netns}) failed: {err}") from err
         self._nodes[name] = node
+        self._lab_ends[name] = lab_end
         return node
 
     def remove_node(self, name: str) -> None:
-        """Remove a node namespace; its veth pair goes with it."""
+        """Remove a node namespace and its veth pair.
+
+        The lab-side end is deleted explicitly: a process that still sits in the node's
+        namespace (a container monitor finishing its exit) keeps that namespace, and with
+        it the pair, alive after the name is gone, and a new node would collide with it.
+        """
         node = self._nodes.pop(name, None)
-        if node is not None:
-            _remove_netns(node.netns)
+        lab_end = self._lab_ends.pop(name, None)
+        if node is None:
+            return
+        if lab_end is not None and self.lab_netns in netns.listnetns():
+            with NetNS(self.lab_netns) as lab:
+                index = lab.link_lookup(ifname=lab_end)
+                if index:
+                    lab.link("del", index=index[0])
+        _remove_netns(node.netns)
 
     def destroy(self) -> None:
         """Remove every namespace this lab made. Safe to call twice, and after a failed create."""
