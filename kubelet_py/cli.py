@@ -47,7 +47,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     cluster_cmds = cluster.add_subparsers(dest="cluster_command", metavar="<action>")
     cluster_cmds.required = True
     cluster_cmds.add_parser(
-        "build", help="build and cache the control-plane binaries, crictl and helm, then exit"
+        "build",
+        help="build and cache the control plane, crictl, helm and metrics-server, then exit",
     )
     up = cluster_cmds.add_parser(
         "up", help="start the control plane, print what to try, and run until Ctrl-C"
@@ -178,9 +179,11 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         if args.cluster_command == "build":
             crictl = ensure_go_tool("crictl", progress=_progress)
             helm = ensure_go_tool("helm", progress=_progress)
+            metrics_server = ensure_go_tool("metrics-server", progress=_progress)
             print(binaries.bin_dir)
             print(crictl)
             print(helm)
+            print(metrics_server)
             return 0
         cluster = LocalCluster(binaries=binaries, work_dir=args.work_dir, progress=_progress)
         with cluster:
