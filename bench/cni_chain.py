@@ -32,10 +32,8 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import percentile, stop_popen
 from cni import NetworkManager, PodRef, PortMapping, vxlan
 from cni.install import install
-from cni.netns import enter
+from kubelet_py.devcluster.netlab import run_in_netns
 
 T = TypeVar("T")
 DEBIAN = Path("/usr/lib/cni")
@@ -52,24 +50,6 @@ DEBIAN = Path("/usr/lib/cni")
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check)
-
-
-def in_netns(path: str, fn: Callable[[], T]) -> T:
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with enter(path):
-                box["v"] = fn()
-        except BaseException as err:
-            box["e"] = err
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]  # type: ignore[no-any-return]
 
 
 class Namespaces:
@@ -167,7 +147,7 @@ def latency(pods: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
             cpu.append(_children_cpu_ms() - cpu0)
             return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
-        add_ms, del_ms = in_netns(node, run)
+        add_ms, del_ms = run_in_netns(Path(node), run)
         if i >= 0:
             r = results[name]
             r["add"].append(add_ms)
@@ -249,7 +229,7 @@ def iperf(seconds: int, work: Path, ns: Namespaces, our_bin: Path) -> None:
         )
         mgr = manager(work, f"vx{i}", conf, our_bin)
         pod = ns.add(f"vx{i}pod")
-        att = in_netns(path, lambda mgr=mgr, pod=pod: mgr.setup("iperf", pod))
+        att = run_in_netns(Path(path), lambda mgr=mgr, pod=pod: mgr.setup("iperf", pod))
         nodes.append((path, cfg))
         pods.append((pod, str(att.ips[0].ip)))
 

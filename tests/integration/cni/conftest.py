@@ -25,7 +25,7 @@ import pytest
 
 from cni import NetworkManager
 from cni.install import install
-from cni.netns import enter
+from kubelet_py.devcluster.netlab import run_in_netns
 
 T = TypeVar("T")
 DEBIAN_BIN = Path("/usr/lib/cni")
@@ -39,21 +39,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def in_netns(path: str, fn: Callable[[], T]) -> T:
     """Run fn on a thread inside the namespace at path; return its value or raise its error."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with enter(path):
-                box["value"] = fn()
-        except BaseException as err:
-            box["error"] = err
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return run_in_netns(Path(path), fn)
 
 
 class Lab:
