@@ -123,7 +123,7 @@ class SpdySession:
         if not self.conn.closed:
             self.conn.goaway()
             with contextlib.suppress(ConnectionError, OSError):
-                await self.conn._drain()
+                await self.conn.drain()
 
     def goaway(self) -> None:
         self.conn.goaway()

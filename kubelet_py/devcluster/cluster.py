@@ -107,15 +107,19 @@ class Component:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, wait up to `grace_s`, then SIGKILL; only our own PID."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(self.proc, grace_s=grace_s)
+
+
+def stop_process(proc: "subprocess.Popen[bytes] | None", *, grace_s: float = 10.0) -> None:
+    """SIGTERM a process we started (by its PID), wait up to `grace_s`, then SIGKILL; reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _https_status(

@@ -19,7 +19,6 @@ import base64
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubelet_py.devcluster.cluster import LocalCluster
+from kubelet_py.devcluster.cluster import LocalCluster, stop_process
 from kubelet_py.devcluster.errors import DevClusterError
 from kubelet_py.devcluster.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
@@ -117,21 +116,20 @@ class JoinedNode:
             "delete", "pods", "--all-namespaces", "--field-selector",
             f"spec.nodeName={self.name}", "--grace-period=1", "--wait=false", check=False,
         )  # fmt: skip
-        sandboxes = self.root / "runtime" / "sandboxes"
-        deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
-            if not sandboxes.exists() or not any(sandboxes.iterdir()):
-                break
-            time.sleep(0.5)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_agent(self.proc, self.root, timeout_s=drain_timeout_s)
         self.cluster.kubectl("delete", "node", self.name, "--wait=false", check=False)
         self.cluster.netlab.remove_node(self.name)
+
+
+def stop_agent(proc: subprocess.Popen[bytes] | None, root: Path, *, timeout_s: float) -> None:
+    """Once the agent has ended its pods (its runtime holds no sandbox), stop it by its PID."""
+    sandboxes = root / "runtime" / "sandboxes"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc is not None and proc.poll() is None:
+        if not sandboxes.exists() or not any(sandboxes.iterdir()):
+            break
+        time.sleep(0.5)
+    stop_process(proc, grace_s=20)
 
 
 class CsiProcess:
@@ -154,13 +152,7 @@ class CsiProcess:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, grace_s=15)
 
 
 def s3_driver(root: Path, node_id: str, *, mode: str) -> CsiProcess:
@@ -343,9 +335,7 @@ def run_demo(
             time.sleep(0.5)
         for proc in reversed(csi):
             proc.stop()
-        if approver is not None and approver.poll() is None:
-            approver.send_signal(signal.SIGTERM)
-            approver.wait(timeout=10)
+        stop_process(approver)
         _unmount_under(work)
         if demo.s3 is not None:
             demo.s3.stop()
@@ -490,18 +480,6 @@ Agent log: {log_path}. Ctrl-C stops it and removes everything.
         if proc is not None:
             for f in (work / "solo" / "manifests").glob("*"):
                 f.unlink()
-            sandboxes = work / "solo" / "runtime" / "sandboxes"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if not sandboxes.exists() or not any(sandboxes.iterdir()):
-                    break
-                time.sleep(0.5)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_agent(proc, work / "solo", timeout_s=60)
         lab.destroy()
         shutil.rmtree(work, ignore_errors=True)
