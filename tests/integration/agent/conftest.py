@@ -41,6 +41,19 @@ class AgentNode:
         return "\n".join(p.read_text() for p in found)
 
 
+def preload_image(root: Path, layout: Path, name: str = IMAGE) -> None:
+    """Import an OCI layout into a node's image store before its agent starts (no registry)."""
+
+    async def load() -> None:
+        svc = ImageService(root / "images")
+        try:
+            await svc.import_image(layout, name=name)
+        finally:
+            await svc.close()
+
+    asyncio.run(load())
+
+
 def wait_for(what: str, fn, timeout_s: float = 60.0, node: AgentNode | None = None):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -99,12 +112,7 @@ def agent_node(
     builder = ImageBuilder(tmp_path_factory.mktemp("agent-images"))
     layout = builder.busybox().layout
 
-    async def load() -> None:
-        svc = ImageService(root / "images")
-        await svc.import_image(layout, name=IMAGE)
-        await svc.close()
-
-    asyncio.run(load())
+    preload_image(root, layout)
     log_path = root / "agent.log"
     proc = start_agent(cluster, lab, root, static_dir, log_path)
     node = AgentNode(name, lab, root, static_dir, log_path, proc)

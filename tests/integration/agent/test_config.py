@@ -4,7 +4,6 @@ period), unknown fields are warned about, /configz (through the apiserver's node
 the effective configuration, and a tiny evictionHard threshold puts the node under
 DiskPressure, which the node lifecycle controller turns into a taint."""
 
-import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from cri.images import ImageService
 from kubelet_py.devcluster import LocalCluster
 from tests.integration.agent.conftest import (
     IMAGE,
@@ -23,6 +21,7 @@ from tests.integration.agent.conftest import (
     _ready,
     _teardown,
     fresh_namespace,
+    preload_image,
     wait_for,
 )
 from tests.support.images import ImageBuilder
@@ -61,14 +60,7 @@ def cfg_node(
     static_dir.mkdir()
     layout = ImageBuilder(tmp_path_factory.mktemp("cfg-images")).busybox().layout
 
-    async def load() -> None:
-        svc = ImageService(root / "images")
-        try:
-            await svc.import_image(layout, name=IMAGE)
-        finally:
-            await svc.close()
-
-    asyncio.run(load())
+    preload_image(root, layout)
     config = root / "kubelet.yaml"
     config.write_text(json.dumps(CONFIG))
     kubeconfig = root / "kubeconfig"

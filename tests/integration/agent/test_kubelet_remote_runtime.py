@@ -5,7 +5,6 @@ kubelet API gets each stream's URL from CRI Exec/PortForward and proxies the upg
 connection to it, as the upstream kubelet does with containerd or CRI-O.
 """
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from cri.images import ImageService
 from kubelet_py.devcluster import LocalCluster
 from tests.integration.agent.conftest import (
     IMAGE,
@@ -25,6 +23,7 @@ from tests.integration.agent.conftest import (
     _ready,
     _teardown,
     fresh_namespace,
+    preload_image,
     start_agent,
     wait_for,
 )
@@ -45,12 +44,7 @@ def remote_node(
     static_dir.mkdir()
     layout = ImageBuilder(tmp_path_factory.mktemp("remote-images")).busybox().layout
 
-    async def load() -> None:
-        svc = ImageService(root / "images")
-        await svc.import_image(layout, name=IMAGE)
-        await svc.close()
-
-    asyncio.run(load())
+    preload_image(root, layout)
     socket = root / "remote-cri.sock"
     cri_log = (root / "cri.log").open("ab")
     cri = subprocess.Popen(

@@ -15,7 +15,6 @@ runs with hostNetwork upstream too); the mounts it makes are in the one mount na
 agents share. The agents themselves run in lab node namespaces like every agent test.
 """
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -30,9 +29,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cri.images import ImageService
 from kubelet_py.devcluster import LocalCluster
-from tests.integration.agent.conftest import AgentNode, start_agent, stop_agent, wait_for
+from tests.integration.agent.conftest import (
+    AgentNode,
+    _ready,
+    preload_image,
+    start_agent,
+    stop_agent,
+    wait_for,
+)
 from tests.integration.csi.conftest import REPO, Driver, cleanup_mounts, fuse_daemons_under
 from tests.support.images import ImageBuilder
 from tests.support.seaweedfs import SeaweedS3
@@ -95,20 +100,7 @@ def our_mounts(root: Path) -> list[tuple[str, str]]:
 def _load_image(root: Path, builder: ImageBuilder) -> None:
     layout = builder.busybox().layout
 
-    async def load() -> None:
-        svc = ImageService(root / "images")
-        await svc.import_image(layout, name=IMAGE)
-        await svc.close()
-
-    asyncio.run(load())
-
-
-def _ready(core: client.CoreV1Api, name: str) -> bool:
-    try:
-        n = core.read_node(name)
-    except client.ApiException:
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+    preload_image(root, layout)
 
 
 def delete_pods_and_wait(env: CsiEnv, timeout_s: float = 90) -> None:

@@ -6,7 +6,6 @@ A joining node starts with nothing but the token and the CA hash: an empty root 
 the machine; teardown removes its pods, stops it, deletes its Node and namespace.
 """
 
-import asyncio
 import secrets
 import subprocess
 import time
@@ -17,9 +16,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from cri.images import ImageService
 from kubelet_py.devcluster import LabNode, LocalCluster
-from tests.integration.agent.conftest import IMAGE, AgentNode, _teardown, wait_for
+from tests.integration.agent.conftest import IMAGE, AgentNode, _teardown, preload_image, wait_for
 from tests.support.images import ImageBuilder
 
 __all__ = ["IMAGE", "JoinLab", "csr_rows", "wait_for"]
@@ -65,12 +63,7 @@ class JoinLab:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def preload(self, root: Path) -> None:
-        async def load() -> None:
-            svc = ImageService(root / "images")
-            await svc.import_image(self.image_layout, name=IMAGE)
-            await svc.close()
-
-        asyncio.run(load())
+        preload_image(root, self.image_layout)
 
     def start_joining_node(self, lab: LabNode, root: Path, *, token: str) -> AgentNode:
         """`kubelet-py join` that goes on to run the node (the command a person runs)."""

@@ -8,7 +8,6 @@ pods (kubectl exec through the real apiserver) and from the node and underlay
 namespaces. Nothing touches the root network namespace.
 """
 
-import asyncio
 import ipaddress
 import json
 import subprocess
@@ -19,7 +18,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from cri.images import ImageService
 from kubelet_py.devcluster import LocalCluster
 from tests.integration.agent.conftest import (
     IMAGE,
@@ -27,6 +25,7 @@ from tests.integration.agent.conftest import (
     _ready,
     _teardown,
     fresh_namespace,
+    preload_image,
     start_agent,
     wait_for,
 )
@@ -60,12 +59,7 @@ def start_node(
     static_dir = root / "manifests"
     static_dir.mkdir(parents=True)
 
-    async def load() -> None:
-        svc = ImageService(root / "images")
-        await svc.import_image(layout, name=IMAGE)
-        await svc.close()
-
-    asyncio.run(load())
+    preload_image(root, layout)
     log_path = root / "agent.log"
     proc = start_agent(cluster, lab, root, static_dir, log_path, ("--network", "cni", *extra))
     return AgentNode(name, lab, root, static_dir, log_path, proc)
