@@ -1,7 +1,8 @@
 """`kubelet-py-csi`: run the S3 CSI driver or the provisioner.
 
     kubelet-py-csi s3 --endpoint unix:///run/kubelet-py/csi/s3.sock --node-id node1 \\
-        [--state-dir DIR] [--mode all|node|controller] [--registration-dir DIR]
+        [--state-dir DIR] [--mode all|node|controller] [--registration-dir DIR] \\
+        [--kubeconfig FILE]
     kubelet-py-csi provisioner --kubeconfig FILE --controller-endpoint unix:///...sock
 """
 
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="serve pluginregistration.v1 in this directory (the kubelet's plugins_registry)",
     )
+    s3.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="post volume events (a dead FUSE mount remounted) as Events on the pods using"
+        " the volume; default: the in-cluster service account when run in a pod, else none",
+    )
 
     prov = sub.add_parser("provisioner", help="provision PVs for PVCs of our StorageClasses")
     prov.add_argument("--kubeconfig", type=Path, help="default: in-cluster or ~/.kube/config")
@@ -65,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             node=args.mode in ("all", "node"),
             health_interval_s=args.health_interval_s,
             registration_dir=args.registration_dir,
+            kubeconfig=args.kubeconfig,
         )
         try:
             asyncio.run(S3Driver(config).run())

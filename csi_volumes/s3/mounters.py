@@ -4,12 +4,19 @@
 files it needs (credentials, mode 0600) out. `node.py` writes the files and runs the argv
 in a session of its own, so the FUSE daemon outlives the driver.
 
+A pod's fsGroup (CSI `volume_mount_group`) makes every file and directory group-owned by
+it and group-writable. rclone then lets the kernel check permissions (`--default-permissions`,
+which knows a process's supplementary groups, where a pod's fsGroup is). s3fs always does its
+own check, which finds group members by name in the node's /etc/group and so never sees a
+pod's fsGroup: an s3fs group mount is opened to other users as well (umask 0 for group and
+others) — reachable only through the pod's bind mount and the kubelet's private staging path.
+
 Both mounters daemonize themselves once the mount is up (s3fs by default, rclone with
 `--daemon`, which waits for the mount), so the launcher's exit status tells whether
 the mount came up, and the daemon is nobody's child.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from csi_volumes.s3.params import CacheMode, Credentials, Mounter, MountOptions, VolumeRef
@@ -35,7 +42,10 @@ def _s3fs(
     mountpoint: Path,
     work_dir: Path,
     read_only: bool,
+    mount_group: int | None,
 ) -> MountCommand:
+    if mount_group is not None:
+        options = replace(options, gid=mount_group, umask=(options.umask or 0) & 0o700)
     passwd = work_dir / "passwd-s3fs"
     log = work_dir / "mounter.log"
     source = f"{ref.bucket}:/{ref.prefix}" if ref.prefix else ref.bucket
@@ -78,7 +88,11 @@ def _rclone(
     mountpoint: Path,
     work_dir: Path,
     read_only: bool,
+    mount_group: int | None,
 ) -> MountCommand:
+    if mount_group is not None:
+        umask = (options.umask if options.umask is not None else 0o002) & ~0o070
+        options = replace(options, gid=mount_group, umask=umask)
     config = work_dir / "rclone.conf"
     log = work_dir / "mounter.log"
     remote = f"s3vol:{ref.bucket}/{ref.prefix}" if ref.prefix else f"s3vol:{ref.bucket}"
@@ -134,6 +148,8 @@ def _rclone(
         argv += ["--gid", str(options.gid)]
     if options.umask is not None:
         argv += ["--umask", f"{options.umask:04o}"]
+    if mount_group is not None:
+        argv.append("--default-permissions")
     if read_only or options.read_only:
         argv.append("--read-only")
     return MountCommand(
@@ -153,8 +169,10 @@ def mount_command(
     mountpoint: Path,
     work_dir: Path,
     read_only: bool = False,
+    mount_group: int | None = None,
 ) -> MountCommand:
-    """The command that FUSE-mounts `ref` at `mountpoint`; `work_dir` holds its private files."""
+    """The command that FUSE-mounts `ref` at `mountpoint`; `work_dir` holds its private files;
+    `mount_group` is a pod's fsGroup to make the files' group (see the module doc)."""
     build = _s3fs if options.mounter is Mounter.S3FS else _rclone
     return build(
         ref=ref,
@@ -163,4 +181,5 @@ def mount_command(
         mountpoint=mountpoint,
         work_dir=work_dir,
         read_only=read_only,
+        mount_group=mount_group,
     )

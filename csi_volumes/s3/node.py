@@ -36,11 +36,17 @@ from csi_volumes.errors import (
     invalid_argument,
     not_found,
 )
+from csi_volumes.kube_events import EventSink, PodRef
 from csi_volumes.mountinfo import Health, mount_at, probe_health
 from csi_volumes.s3 import mountops
 from csi_volumes.s3.capabilities import check_capabilities, is_read_only
 from csi_volumes.s3.mounters import mount_command
-from csi_volumes.s3.params import parse_credentials, parse_mount_options, parse_volume_id
+from csi_volumes.s3.params import (
+    parse_credentials,
+    parse_inline_volume,
+    parse_mount_options,
+    parse_volume_id,
+)
 from csi_volumes.s3.state import StagedVolume, StateStore
 from csi_volumes.s3.store import S3Store
 
@@ -52,6 +58,16 @@ T = TypeVar("T")
 def _clean(path: str) -> str:
     """Pure string normalisation (no file system access)."""
     return os.path.normpath(path)
+
+
+def _group_hint(have: int | None, want: int | None) -> str:
+    if have == want:
+        return ""
+    return (
+        f" (mounted for fsGroup {have if have is not None else 'none'}, asked for"
+        f" {want if want is not None else 'none'}: pods sharing an S3 volume on one node"
+        " need the same fsGroup)"
+    )
 
 
 def _int64(value: int) -> int:
@@ -70,6 +86,26 @@ def _rmdir(path: Path) -> None:
 
 
 PROBE_TIMEOUT_S = 10.0
+
+EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
+
+
+def pod_of(context: dict[str, str]) -> PodRef | None:
+    """The pod a publish is for, from the pod info the CO adds (podInfoOnMount)."""
+    ns = context.get("csi.storage.k8s.io/pod.namespace", "")
+    name = context.get("csi.storage.k8s.io/pod.name", "")
+    uid = context.get("csi.storage.k8s.io/pod.uid", "")
+    return (ns, name, uid) if ns and name else None
+
+
+def mount_group_of(cap: csi_pb2.VolumeCapability, *, call: str) -> int | None:
+    """CSI `volume_mount_group` (the pod's fsGroup, sent because we have VOLUME_MOUNT_GROUP)."""
+    raw = cap.mount.volume_mount_group if cap.HasField("mount") else ""
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) > 2**32 - 2:
+        raise invalid_argument(f"{call}: volume_mount_group {raw!r} is not a numeric group id")
+    return int(raw)
 
 
 EVENTS_FILE = "events.jsonl"
@@ -115,20 +151,31 @@ class NodeConfig:
 
 
 class S3Node:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, events: EventSink | None = None) -> None:
         self.config = config
         self.state = StateStore(config.state_dir)
+        self.events = events
         self._locks: dict[str, asyncio.Lock] = {}
         self._busy: set[str] = set()  # volumes an RPC is at work on
 
-    def _event(self, reason: str, volume_id: str, message: str, *, warning: bool = True) -> None:
+    def _event(
+        self, reason: str, volume: StagedVolume, message: str, *, warning: bool = True
+    ) -> None:
+        """Log + events.jsonl, and a Kubernetes Event on every pod using the volume."""
         csi_event(
             reason,
-            volume_id,
+            volume.volume_id,
             message,
             warning=warning,
             events_file=self.config.state_dir / EVENTS_FILE,
         )
+        if self.events is not None:
+            self.events.emit(
+                volume.pods.values(),
+                warning=warning,
+                reason=reason,
+                message=f"S3 volume {volume.source or volume.volume_id}: {message}",
+            )
 
     # -- locking: one operation per volume at a time (spec: ABORTED when one is pending) --
 
@@ -152,6 +199,7 @@ class S3Node:
             ref=volume.ref,
             creds=volume.creds,
             options=volume.options,
+            mount_group=volume.mount_group,
             mountpoint=Path(volume.staging_path),
             work_dir=work,
             read_only=volume.read_only,
@@ -172,7 +220,7 @@ class S3Node:
 
     async def _remount(self, volume: StagedVolume, why: str) -> None:
         """Replace a dead FUSE mount and re-bind every target onto the new one."""
-        self._event("VolumeMountDead", volume.volume_id, why)
+        self._event("VolumeMountDead", volume, why)
         staging = Path(volume.staging_path)
         for target in volume.targets:
             await asyncio.to_thread(mountops.unmount_all, Path(target), lazy=True)
@@ -185,7 +233,7 @@ class S3Node:
             )
         self._event(
             "VolumeRemounted",
-            volume.volume_id,
+            volume,
             f"remounted {staging} and {len(volume.targets)} target(s) after: {why}",
             warning=False,
         )
@@ -208,7 +256,7 @@ class S3Node:
                 await asyncio.to_thread(
                     mountops.bind_mount, staging, Path(target), read_only=ro or volume.read_only
                 )
-                self._event("VolumeRebound", volume.volume_id, f"re-bound {target}: {t_why}")
+                self._event("VolumeRebound", volume, f"re-bound {target}: {t_why}")
 
     async def recover(self) -> None:
         """On start: re-adopt every recorded volume, remounting what died meanwhile."""
@@ -216,7 +264,7 @@ class S3Node:
             try:
                 await self._exclusive(volume.volume_id, partial(self._ensure_healthy, volume))
             except CsiCallError as err:
-                self._event("VolumeRecoveryFailed", volume.volume_id, err.message)
+                self._event("VolumeRecoveryFailed", volume, err.message)
             else:
                 log.info("re-adopted volume %s at %s", volume.volume_id, volume.staging_path)
 
@@ -233,7 +281,7 @@ class S3Node:
                 try:
                     await self._ensure_healthy(current)
                 except CsiCallError as err:
-                    self._event("VolumeRemountFailed", current.volume_id, err.message)
+                    self._event("VolumeRemountFailed", current, err.message)
 
     async def run_checks(self, interval_s: float) -> None:
         while True:
@@ -262,6 +310,7 @@ class S3Node:
             options=options,
             creds=creds,
             read_only=is_read_only(req.volume_capability),
+            mount_group=mount_group_of(req.volume_capability, call="NodeStageVolume"),
         )
 
         async def do() -> csi_pb2.NodeStageVolumeResponse:
@@ -271,10 +320,15 @@ class S3Node:
                     raise already_exists(
                         f"volume {ref.volume_id} is already staged at {existing.staging_path}"
                     )
-                if (existing.options, existing.read_only) != (options, wanted.read_only):
+                if (existing.options, existing.read_only, existing.mount_group) != (
+                    options,
+                    wanted.read_only,
+                    wanted.mount_group,
+                ):
                     if mount_at(Path(staging)) is not None:
                         raise already_exists(
                             f"volume {ref.volume_id} is staged at {staging} with other options"
+                            + _group_hint(existing.mount_group, wanted.mount_group)
                         )
                 elif existing.staging_path == staging and mount_at(Path(staging)) is not None:
                     await self._ensure_healthy(existing)
@@ -287,7 +341,8 @@ class S3Node:
             await asyncio.to_thread(_mkdir, Path(staging))
             await asyncio.to_thread(S3Store(creds).check_access, ref)
             targets = existing.targets if existing is not None else {}
-            volume = StagedVolume(**{**wanted.__dict__, "targets": targets})
+            pods = existing.pods if existing is not None else {}
+            volume = StagedVolume(**{**wanted.__dict__, "targets": targets, "pods": pods})
             self.state.save(volume)
             try:
                 await self._mount(volume)
@@ -332,7 +387,8 @@ class S3Node:
             raise invalid_argument("NodePublishVolume: target_path is required")
         if not req.HasField("volume_capability"):
             raise invalid_argument("NodePublishVolume: volume_capability is required")
-        if not req.staging_target_path:
+        ephemeral = req.volume_context.get(EPHEMERAL_KEY) == "true"
+        if not req.staging_target_path and not ephemeral:
             raise failed_precondition(
                 "NodePublishVolume: staging_target_path is required (STAGE_UNSTAGE_VOLUME)"
             )
@@ -341,6 +397,13 @@ class S3Node:
         )
         target = _clean(req.target_path)
         read_only = req.readonly or is_read_only(req.volume_capability)
+        group = mount_group_of(req.volume_capability, call="NodePublishVolume")
+        pod = pod_of(dict(req.volume_context))
+        if ephemeral:
+            return await self._exclusive(
+                req.volume_id,
+                partial(self._publish_inline, req, target, read_only, group, pod),
+            )
 
         async def do() -> csi_pb2.NodePublishVolumeResponse:
             volume = self.state.load(req.volume_id)
@@ -349,28 +412,90 @@ class S3Node:
                 raise failed_precondition(
                     f"volume {req.volume_id} is not staged at {staging}: call NodeStageVolume first"
                 )
+            if group is not None and volume.mount_group != group:
+                raise failed_precondition(
+                    f"volume {req.volume_id} cannot be published for this pod"
+                    + _group_hint(volume.mount_group, group)
+                )
             await self._ensure_healthy(volume)
             volume = self.state.load(req.volume_id) or volume
-            present = mount_at(Path(target))
-            if present is not None:
-                if target in volume.targets and volume.targets[target] == read_only:
-                    return csi_pb2.NodePublishVolumeResponse()
-                raise already_exists(
-                    f"target {target} already has a mount incompatible with this publish "
-                    f"of {req.volume_id} (read-only={read_only})"
-                )
-            await asyncio.to_thread(_mkdir, Path(target))
-            await asyncio.to_thread(
-                mountops.bind_mount,
-                Path(staging),
-                Path(target),
-                read_only=read_only or volume.read_only,
-            )
-            self.state.save(volume.with_target(target, read_only))
-            log.info("published %s at %s (read-only=%s)", req.volume_id, target, read_only)
-            return csi_pb2.NodePublishVolumeResponse()
+            return await self._bind_target(volume, target, read_only, pod)
 
         return await self._exclusive(req.volume_id, do)
+
+    async def _bind_target(
+        self, volume: StagedVolume, target: str, read_only: bool, pod: PodRef | None
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        """Bind the (healthy) FUSE mount onto one pod's target; idempotent."""
+        present = mount_at(Path(target))
+        if present is not None:
+            if target in volume.targets and volume.targets[target] == read_only:
+                return csi_pb2.NodePublishVolumeResponse()
+            raise already_exists(
+                f"target {target} already has a mount incompatible with this publish "
+                f"of {volume.volume_id} (read-only={read_only})"
+            )
+        await asyncio.to_thread(_mkdir, Path(target))
+        await asyncio.to_thread(
+            mountops.bind_mount,
+            Path(volume.staging_path),
+            Path(target),
+            read_only=read_only or volume.read_only,
+        )
+        self.state.save(volume.with_target(target, read_only, pod))
+        log.info("published %s at %s (read-only=%s)", volume.volume_id, target, read_only)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    async def _publish_inline(
+        self,
+        req: csi_pb2.NodePublishVolumeRequest,
+        target: str,
+        read_only: bool,
+        group: int | None,
+        pod: PodRef | None,
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        """An inline ephemeral volume (no stage): an existing bucket[/prefix] named by the pod's
+        volumeAttributes, credentials from its nodePublishSecretRef; the FUSE mount lives in
+        the volume's work dir, bound onto the target, and goes with the unpublish. The
+        bucket's data stays: the mount is what is ephemeral."""
+        existing = self.state.load(req.volume_id)
+        if existing is not None and target in existing.targets:
+            await self._ensure_healthy(existing)
+            return await self._bind_target(
+                self.state.load(req.volume_id) or existing, target, read_only, pod
+            )
+        if existing is not None:  # a record without this target: left by a crash; start over
+            await asyncio.to_thread(mountops.unmount_all, Path(existing.staging_path), lazy=True)
+            self.state.forget(req.volume_id)
+        ref, options = parse_inline_volume(dict(req.volume_context))
+        creds = parse_credentials(
+            dict(req.secrets),
+            call="NodePublishVolume",
+            where="an inline volume needs a nodePublishSecretRef to a Secret",
+        )
+        mnt = self.state.work_dir(req.volume_id) / "mnt"
+        volume = StagedVolume(
+            volume_id=req.volume_id,
+            staging_path=str(mnt),
+            options=options,
+            creds=creds,
+            read_only=read_only,
+            ephemeral=True,
+            source=ref.volume_id,
+            mount_group=group,
+        )
+        await asyncio.to_thread(S3Store(creds).check_access, ref)
+        self.state.save(volume)
+        await asyncio.to_thread(_mkdir, mnt)
+        try:
+            await self._mount(volume)
+            response = await self._bind_target(volume, target, read_only, pod)
+        except CsiCallError:
+            await asyncio.to_thread(mountops.unmount_all, mnt, lazy=True)
+            self.state.forget(req.volume_id)
+            raise
+        log.info("inline volume %s: %s mounted for %s", req.volume_id, ref.volume_id, target)
+        return response
 
     async def unpublish(
         self, req: csi_pb2.NodeUnpublishVolumeRequest
@@ -390,7 +515,17 @@ class S3Node:
                     Code.INTERNAL, f"could not remove target {target} after unmount: {err}"
                 ) from err
             volume = self.state.load(req.volume_id)
-            if volume is not None and str(target) in volume.targets:
+            if volume is not None and volume.ephemeral:
+                # an inline volume's FUSE mount is its publish's: it goes now
+                rest = volume.without_target(str(target))
+                if not rest.targets:
+                    rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
+                    mnt = Path(volume.staging_path)
+                    await asyncio.to_thread(mountops.unmount_fuse, mnt, rc_socket=rc_socket)
+                    self.state.forget(req.volume_id)
+                else:
+                    self.state.save(rest)
+            elif volume is not None and str(target) in volume.targets:
                 self.state.save(volume.without_target(str(target)))
             log.info("unpublished %s from %s", req.volume_id, target)
             return csi_pb2.NodeUnpublishVolumeResponse()
@@ -449,6 +584,10 @@ class S3Node:
         return csi_pb2.NodeGetCapabilitiesResponse(
             capabilities=[
                 csi_pb2.NodeServiceCapability(rpc=rpc(type=t))
-                for t in (rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS)
+                for t in (
+                    rpc.STAGE_UNSTAGE_VOLUME,
+                    rpc.GET_VOLUME_STATS,
+                    rpc.VOLUME_MOUNT_GROUP,
+                )
             ]
         )

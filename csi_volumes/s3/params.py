@@ -231,13 +231,45 @@ def parse_volume_id(volume_id: str) -> VolumeRef:
     return VolumeRef(bucket=bucket, prefix=prefix)
 
 
-def parse_credentials(secrets: Mapping[str, str], *, call: str) -> Credentials:
+_INLINE_KEYS = _MOUNT_KEYS | {"bucket", "prefix"}
+
+
+def parse_inline_volume(context: Mapping[str, str]) -> tuple[VolumeRef, MountOptions]:
+    """An inline ephemeral volume's `volumeAttributes`: an existing `bucket` (and optionally a
+    `prefix` inside it) to mount, plus the mount options a StorageClass could give."""
+    ours = {k: v for k, v in context.items() if not k.startswith(RESERVED_PREFIX)}
+    unknown = sorted(k for k in ours if k not in _INLINE_KEYS)
+    if unknown:
+        raise invalid_argument(
+            f"unknown volumeAttributes of an inline volume: {', '.join(unknown)}"
+        )
+    if not ours.get("bucket"):
+        raise invalid_argument(
+            "an inline volume needs volumeAttributes.bucket (an existing bucket; prefix optional)"
+        )
+    bucket = check_bucket_name(ours["bucket"])
+    prefix = ours.get("prefix", "").strip("/")
+    for part in prefix.split("/") if prefix else ():
+        if not _PREFIX_RE.match(part) or part in {".", ".."}:
+            raise invalid_argument(f"volumeAttributes.prefix {prefix!r} is not a valid key prefix")
+    options = parse_mount_options({k: v for k, v in ours.items() if k in _MOUNT_KEYS})
+    return VolumeRef(bucket=bucket, prefix=prefix), options
+
+
+CREDENTIAL_KEYS = "endpoint, accessKeyID, secretAccessKey"
+
+
+def parse_credentials(
+    secrets: Mapping[str, str],
+    *,
+    call: str,
+    where: str = "the StorageClass must reference a Secret",
+) -> Credentials:
     """Secrets -> credentials; keys: endpoint, accessKeyID, secretAccessKey, region (optional)."""
     missing = [k for k in ("endpoint", "accessKeyID", "secretAccessKey") if not secrets.get(k)]
     if missing:
         raise invalid_argument(
-            f"{call}: secrets lack {', '.join(missing)} "
-            "(the StorageClass must reference a Secret with endpoint, accessKeyID, secretAccessKey)"
+            f"{call}: secrets lack {', '.join(missing)} ({where} with {CREDENTIAL_KEYS})"
         )
     endpoint = secrets["endpoint"].strip()
     if not re.match(r"^https?://[^/\s]+/?$", endpoint):

@@ -21,6 +21,7 @@ from google.protobuf import wrappers_pb2
 from csi_volumes import __version__
 from csi_volumes.api.csi.v1 import csi_pb2, csi_pb2_grpc
 from csi_volumes.errors import CsiCallError
+from csi_volumes.kube_events import EventSink
 from csi_volumes.registration import RegistrationServer
 from csi_volumes.s3.controller import S3Controller
 from csi_volumes.s3.node import NodeConfig, S3Node
@@ -120,6 +121,7 @@ class DriverConfig:
     node: bool = True
     health_interval_s: float = 10.0
     registration_dir: Path | None = None  # the kubelet's plugins_registry, if any
+    kubeconfig: Path | None = None  # to post volume Events on pods (else in-cluster, or none)
 
 
 def _missing_mounters() -> str:
@@ -133,7 +135,10 @@ def _missing_mounters() -> str:
 class S3Driver:
     def __init__(self, config: DriverConfig) -> None:
         self.config = config
-        self.node = S3Node(NodeConfig(node_id=config.node_id, state_dir=config.state_dir))
+        self.events = EventSink(config.kubeconfig, component=config.name, host=config.node_id)
+        self.node = S3Node(
+            NodeConfig(node_id=config.node_id, state_dir=config.state_dir), events=self.events
+        )
         self.controller = S3Controller()
         self._server: grpc.aio.Server | None = None
         self.started = asyncio.Event()
@@ -164,6 +169,7 @@ class S3Driver:
         log.info("serving CSI %s on %s (node %s)", cfg.name, cfg.endpoint, cfg.node_id)
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        await self.events.drain()
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None

@@ -36,17 +36,32 @@ class StagedVolume:
     creds: Credentials
     read_only: bool  # staged read-only (a *_READER_ONLY access mode)
     targets: dict[str, bool] = field(default_factory=dict)  # target path -> read-only
+    #: an inline ephemeral volume: `volume_id` is the kubelet's handle, `source` the
+    #: "bucket[/prefix]" from its attributes, and the FUSE mount sits in the work dir
+    ephemeral: bool = False
+    source: str = ""
+    #: the pod's fsGroup the mount was made for (CSI volume_mount_group), or None
+    mount_group: int | None = None
+    #: target path -> (namespace, name, uid) of its pod, when the CO sent pod info
+    pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def ref(self) -> VolumeRef:
-        bucket, _, prefix = self.volume_id.partition("/")
+        bucket, _, prefix = (self.source or self.volume_id).partition("/")
         return VolumeRef(bucket=bucket, prefix=prefix)
 
-    def with_target(self, path: str, read_only: bool) -> "StagedVolume":
-        return replace(self, targets={**self.targets, path: read_only})
+    def with_target(
+        self, path: str, read_only: bool, pod: tuple[str, str, str] | None = None
+    ) -> "StagedVolume":
+        pods = {**self.pods, path: pod} if pod is not None else self.pods
+        return replace(self, targets={**self.targets, path: read_only}, pods=pods)
 
     def without_target(self, path: str) -> "StagedVolume":
-        return replace(self, targets={k: v for k, v in self.targets.items() if k != path})
+        return replace(
+            self,
+            targets={k: v for k, v in self.targets.items() if k != path},
+            pods={k: v for k, v in self.pods.items() if k != path},
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -71,6 +86,13 @@ class StagedVolume:
             creds=Credentials(**data["creds"]),
             read_only=bool(data["read_only"]),
             targets={str(k): bool(v) for k, v in data.get("targets", {}).items()},
+            ephemeral=bool(data.get("ephemeral", False)),
+            source=str(data.get("source", "")),
+            mount_group=int(data["mount_group"]) if data.get("mount_group") is not None else None,
+            pods={
+                str(k): (str(v[0]), str(v[1]), str(v[2]))
+                for k, v in (data.get("pods") or {}).items()
+            },
         )
 
 
