@@ -222,6 +222,8 @@ class DriverInfo:
     max_volumes: int
     topology_keys: tuple[str, ...]
     stage_unstage: bool
+    #: VOLUME_MOUNT_GROUP: the driver applies a pod's fsGroup itself, at mount time
+    mount_group: bool = False
 
 
 def csinode_drivers(
@@ -460,6 +462,9 @@ class CsiVolumes:
                     stage_unstage=any(
                         c.rpc.type == rpc.STAGE_UNSTAGE_VOLUME for c in caps.capabilities
                     ),
+                    mount_group=any(
+                        c.rpc.type == rpc.VOLUME_MOUNT_GROUP for c in caps.capabilities
+                    ),
                 )
                 if not driver.node_id:
                     problem = f"NodeGetInfo of {info.name} returned an empty node_id"
@@ -482,11 +487,13 @@ class CsiVolumes:
             await old.client.close()
         self.drivers[driver.name] = _Registered(driver, client, sock, ident)
         log.info(
-            "CSI driver %s registered: endpoint %s, node id %s, stage/unstage %s",
+            "CSI driver %s registered: endpoint %s, node id %s, stage/unstage %s,"
+            " volume mount group %s",
             driver.name,
             driver.endpoint,
             driver.node_id,
             driver.stage_unstage,
+            driver.mount_group,
         )
         with contextlib.suppress(grpc.aio.AioRpcError):
             await notify_registration_status(sock, registered=True)
@@ -648,9 +655,14 @@ class CsiVolumes:
                 f"{what}: CSI driver {spec.driver} does not support inline ephemeral volumes"
                 " (its CSIDriver object lacks volumeLifecycleModes: [Ephemeral])"
             )
+        # A driver with VOLUME_MOUNT_GROUP gets the pod's fsGroup and applies it itself;
+        # fsGroupPolicy is then not consulted (KEP 2317), and the kubelet changes nothing.
+        delegate_group = reg.info.mount_group and pod.fs_group is not None
         cap = csi_pb2.VolumeCapability(
             mount=csi_pb2.VolumeCapability.MountVolume(
-                fs_type=spec.fs_type, mount_flags=list(spec.mount_flags)
+                fs_type=spec.fs_type,
+                mount_flags=list(spec.mount_flags),
+                volume_mount_group=str(pod.fs_group) if delegate_group else "",
             ),
             access_mode=csi_pb2.VolumeCapability.AccessMode(mode=spec.access_mode),  # type: ignore[arg-type]
         )
@@ -717,7 +729,7 @@ class CsiVolumes:
                     f"MountVolume.SetUp failed for {what}: {_rpc_error(err)}"
                 ) from err
         policy = str(csidriver.get("fsGroupPolicy") or "ReadWriteOnceWithFSType")
-        if apply_fs_group(policy, fs_group=pod.fs_group, spec=spec):
+        if not delegate_group and apply_fs_group(policy, fs_group=pod.fs_group, spec=spec):
             assert pod.fs_group is not None
             await asyncio.to_thread(_chgrp_tree, target, pod.fs_group)
         return target

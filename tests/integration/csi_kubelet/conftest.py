@@ -157,8 +157,8 @@ def csi_environment(
                 spec=client.V1CSIDriverSpec(
                     attach_required=False,
                     pod_info_on_mount=True,
-                    fs_group_policy="None",
-                    volume_lifecycle_modes=["Persistent"],
+                    fs_group_policy="None",  # the driver applies fsGroup (VOLUME_MOUNT_GROUP)
+                    volume_lifecycle_modes=["Persistent", "Ephemeral"],
                 ),
             )
         )
@@ -167,12 +167,18 @@ def csi_environment(
             root = run_dir / name
             (root / "manifests").mkdir(parents=True)
             _load_image(root, builder)
+            (root / "csi").mkdir()
+            # the node's own credentials: the driver posts volume Events on the node's pods
+            kubeconfig = root / "csi" / "kubeconfig"
+            kubeconfig.write_bytes(cluster.node_kubeconfig(name, from_root_namespace=True))
             driver = Driver(
                 root / "csi",
                 name,
-                extra_args=("--registration-dir", str(root / "plugins_registry")),
-            )
-            (root / "csi").mkdir()
+                extra_args=(
+                    "--registration-dir", str(root / "plugins_registry"),
+                    "--kubeconfig", str(kubeconfig),
+                ),
+            )  # fmt: skip
             drivers.append(driver)
             driver.start()
             lab = cluster.add_node(name)
@@ -331,7 +337,10 @@ def run_pod(
     *,
     restart: str = "Never",
     read_only: bool = False,
+    security_context: dict[str, Any] | None = None,
+    volume_source: dict[str, Any] | None = None,
 ) -> str:
+    """A busybox pod on `node` running `script` with the claim (or `volume_source`) at /data."""
     name = f"p-{uuid.uuid4().hex[:6]}"
     body: dict[str, Any] = {
         "apiVersion": "v1",
@@ -352,11 +361,16 @@ def run_pod(
             "volumes": [
                 {
                     "name": "data",
-                    "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
+                    **(
+                        volume_source
+                        or {"persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+                    ),
                 }
             ],
         },
     }
+    if security_context:
+        body["spec"]["securityContext"] = security_context
     env.core.create_namespaced_pod(env.namespace, body)
     return name
 

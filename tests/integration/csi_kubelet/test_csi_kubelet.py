@@ -1,10 +1,13 @@
 """The kubelet side of CSI end to end: registration, CSINode, PVC volumes across nodes,
 shared volumes, mount failures as events, and an agent kill -9 under a mounted pod."""
 
+import contextlib
 import json
 import os
 import signal
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +257,39 @@ def test_agent_kill9_keeps_the_pod_and_its_mount(csi_env: CsiEnv) -> None:
     wait_for("the FUSE daemon to exit", lambda: not fuse_daemons_under(a.root), 30)
 
 
+@contextlib.contextmanager
+def _csidriver_modes(env: CsiEnv, modes: list[str]) -> Iterator[None]:
+    """The CSIDriver object recreated with other volumeLifecycleModes (immutable), then back."""
+    storage = client.StorageV1Api(env.api)
+    spec = storage.read_csi_driver(DRIVER).spec
+
+    def recreate(lifecycle: list[str]) -> None:
+        storage.delete_csi_driver(DRIVER)
+        wait_for("the CSIDriver to go", lambda: DRIVER not in _csidriver_names(storage), 30)
+        spec.volume_lifecycle_modes = lifecycle
+        storage.create_csi_driver(
+            client.V1CSIDriver(metadata=client.V1ObjectMeta(name=DRIVER), spec=spec)
+        )
+
+    original = list(spec.volume_lifecycle_modes)
+    recreate(modes)
+    try:
+        yield
+    finally:
+        recreate(original)
+
+
+def _csidriver_names(storage: client.StorageV1Api) -> list[str]:
+    return [d.metadata.name for d in storage.list_csi_driver().items]
+
+
 def test_inline_volume_of_a_persistent_only_driver_is_refused(csi_env: CsiEnv) -> None:
     """An inline `csi` volume whose CSIDriver lacks the Ephemeral mode: FailedMount, no start."""
+    with _csidriver_modes(csi_env, ["Persistent"]):
+        _inline_volume_refused(csi_env)
+
+
+def _inline_volume_refused(csi_env: CsiEnv) -> None:
     a = csi_env.nodes[0]
     name = f"inline-{uuid.uuid4().hex[:6]}"
     csi_env.core.create_namespaced_pod(
@@ -367,3 +401,110 @@ def test_driver_kill9_and_restart_under_a_pod(csi_env: CsiEnv) -> None:
     delete_pod(csi_env, b, pod)
     wait_for("unpublish and unstage", lambda: not _csi_mounts(csi_env, 1), 30, b.agent)
     wait_for("the FUSE daemon to exit", lambda: not fuse_daemons_under(b.root), 30, b.agent)
+
+
+def _events(env: CsiEnv, pod: str, reason: str) -> list[client.CoreV1Event]:
+    events = env.core.list_namespaced_event(
+        env.namespace, field_selector=f"involvedObject.name={pod}"
+    ).items
+    return [e for e in events if e.reason == reason]
+
+
+def test_inline_ephemeral_volume_in_a_pod(csi_env: CsiEnv) -> None:
+    """An inline `csi` volume (an existing bucket and prefix, credentials from a Secret in the
+    pod's namespace): the pod writes, the data is in the bucket, the mount goes with the pod."""
+    a = csi_env.nodes[0]
+    bucket = f"inline-{uuid.uuid4().hex[:8]}"
+    csi_env.seaweed.client().create_bucket(Bucket=bucket)
+    source = {
+        "csi": {
+            "driver": DRIVER,
+            "volumeAttributes": {"bucket": bucket, "prefix": "scratch"},
+            "nodePublishSecretRef": {"name": csi_env.secret},
+        }
+    }
+    script = "echo inline > /data/hello.txt && cat /data/hello.txt && sleep 60"
+    pod = run_pod(csi_env, a, script, "", volume_source=source)
+    wait_phase(csi_env, a, pod, {"Running"})
+    wait_for(
+        "the pod's write",
+        lambda: "inline" in a.agent.container_log(csi_env.namespace, pod, "c"),
+        60,
+        a.agent,
+    )
+    got = csi_env.seaweed.client().get_object(Bucket=bucket, Key="scratch/hello.txt")
+    assert got["Body"].read() == b"inline\n"
+    mounts = _csi_mounts(csi_env, 0)
+    assert len(_targets(mounts)) == 1 and not _stagings(mounts), mounts  # no NodeStage
+    delete_pod(csi_env, a, pod)
+    wait_for("the inline volume's mounts to go", lambda: not _csi_mounts(csi_env, 0), 30)
+    wait_for("its FUSE daemon to exit", lambda: not fuse_daemons_under(a.root), 30)
+    # a missing bucket: FailedMount with the S3 error, nothing mounted
+    source["csi"]["volumeAttributes"] = {"bucket": f"{bucket}-missing"}
+    bad = run_pod(csi_env, a, "true", "", volume_source=source)
+    events = wait_for(f"FailedMount on {bad}", lambda: _events(csi_env, bad, "FailedMount"), 60)
+    assert "NoSuchBucket" in events[0].message, events[0].message
+    assert pod_phase(csi_env, bad) == "Pending"
+    delete_pod(csi_env, a, bad)
+    assert not fuse_daemons_under(a.root)
+
+
+def test_fs_group_is_applied_by_the_driver(csi_env: CsiEnv) -> None:
+    """runAsUser 1000 + fsGroup 2000 on an S3 PVC: the driver (VOLUME_MOUNT_GROUP) mounts for
+    group 2000, so the non-root pod writes and its files are group 2000; a second pod with
+    another fsGroup on the same node gets a FailedMount that says why."""
+    a = csi_env.nodes[0]
+    assert "volume mount group True" in a.agent.log_path.read_text()
+    claim = make_claim(csi_env)
+    script = "id -u; touch /data/mine && ls -n /data/mine; sleep 30"
+    security = {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000}
+    pod = run_pod(csi_env, a, script, claim, security_context=security)
+    wait_phase(csi_env, a, pod, {"Running"})
+
+    def listing() -> str:
+        text = a.agent.container_log(csi_env.namespace, pod, "c")
+        return text if "mine" in text else ""
+
+    log = wait_for("the pod's ls", listing, 60, a.agent)
+    # CRI log lines: "<time> stdout F <text>"
+    uid_line, ls_line = [line.split(" ", 3)[3] for line in log.splitlines()[:2]]
+    assert uid_line == "1000"
+    assert ls_line.split()[2:4] == ["1000", "2000"], ls_line
+    other = run_pod(csi_env, a, "true", claim, security_context={"fsGroup": 3000})
+    events = wait_for(f"FailedMount on {other}", lambda: _events(csi_env, other, "FailedMount"), 60)
+    assert "need the same fsGroup" in events[0].message, events[0].message
+    delete_pod(csi_env, a, other)
+    delete_pod(csi_env, a, pod)
+    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 0), 30)
+
+
+def test_dead_fuse_mount_is_remounted_with_events_on_the_pod(csi_env: CsiEnv) -> None:
+    """The FUSE daemon under a running pod killed: the driver finds the mount dead, remounts
+    it, and says so in Events on the pod (kubectl describe pod shows them)."""
+    b = csi_env.nodes[1]
+    claim = make_claim(csi_env)
+    pod = run_pod(csi_env, b, "while true; do sleep 1; done", claim, restart="Always")
+    wait_phase(csi_env, b, pod, {"Running"})
+    daemons = fuse_daemons_under(b.root)
+    assert len(daemons) == 1, daemons
+    os.kill(daemons[0], signal.SIGKILL)
+    remounted = wait_for(
+        f"a VolumeRemounted event on {pod}",
+        lambda: _events(csi_env, pod, "VolumeRemounted"),
+        60,
+        b.agent,
+    )
+    dead = _events(csi_env, pod, "VolumeMountDead")
+    assert dead and dead[0].type == "Warning", dead
+    assert "Transport endpoint is not connected" in dead[0].message, dead[0].message
+    assert remounted[0].source.component == DRIVER and remounted[0].source.host == b.name
+    new = fuse_daemons_under(b.root)
+    assert len(new) == 1 and new != daemons
+    # the volume works again on the node: a new pod reads what an earlier one wrote
+    stamp = str(time.time_ns())
+    reader = run_pod(csi_env, b, f"echo {stamp} > /data/after && cat /data/after", claim)
+    assert wait_phase(csi_env, b, reader, {"Succeeded", "Failed"}) == "Succeeded"
+    assert stamp in b.agent.container_log(csi_env.namespace, reader, "c")
+    delete_pod(csi_env, b, reader)
+    delete_pod(csi_env, b, pod)
+    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 1), 30)
