@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -30,7 +31,7 @@ from typing import Any
 
 from cri.dirwatch import DirWatch, DirWatchError
 from cri.images import ImageService, NoCommandError, resolve_command
-from cri.runtime import mounts, podinit, seccomp
+from cri.runtime import mounts, podinit, remount, seccomp
 from cri.runtime.cgroups import CgroupStats, CgroupV1, CgroupV2, new_driver
 from cri.runtime.errors import (
     AlreadyExistsError,
@@ -45,6 +46,7 @@ from cri.runtime.executor import ExecResult, ExecStream, new_executor, pid_alive
 from cri.runtime.model import (
     ContainerConfig,
     ContainerState,
+    MountPropagation,
     NamespaceMode,
     Resources,
     SandboxConfig,
@@ -124,6 +126,7 @@ class RuntimeService:
         self._containers: dict[str, ContainerRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._mount_task: asyncio.Task[None] | None = None
         self.reload()
 
     # ---- lifecycle of the service itself ---------------------------------------
@@ -138,18 +141,75 @@ class RuntimeService:
     async def start(self) -> None:
         await self.gc_network()
         self._watcher = asyncio.create_task(self._watch_exits(), name="runtime-exit-watcher")
+        self._mount_task = asyncio.create_task(self._watch_mounts(), name="runtime-mount-watcher")
 
     async def close(self) -> None:
         """Stop watching. Containers keep running; an idle runtime also drops its cgroup base."""
         if not self._sandboxes:
             with contextlib.suppress(RuntimeServiceError, OSError):
                 await asyncio.to_thread(self.cgroups.release)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._mount_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._mount_task = None
         await self.executor.close()
+
+    async def _watch_mounts(self) -> None:
+        """Re-bind into running containers the volume sources mounted again on the host
+        (a CSI driver replacing a dead FUSE mount); woken by mount table changes."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        watch = remount.MountWatch(wake)
+        changed.set()  # one pass at start: a remount may have happened while we were down
+        try:
+            while True:
+                await changed.wait()
+                await asyncio.sleep(0.2)  # a remount is several mount changes: one pass
+                changed.clear()
+                if any(r.mount_sources for r in self._containers.values()):
+                    await self.refresh_mounts()
+        finally:
+            watch.close()
+
+    async def refresh_mounts(self) -> None:
+        table = await asyncio.to_thread(remount.current_mount_table)
+        for record in list(self._containers.values()):
+            if record.state != ContainerState.RUNNING.value or not record.mount_sources:
+                continue
+            by_path = {m["container_path"]: m for m in record.mounts}
+            hosts = {c: str(by_path[c]["host_path"]) for c in record.mount_sources if c in by_path}
+            for cpath, new in remount.stale_mounts(record.mount_sources, hosts, table):
+                await self._rebind(record, by_path[cpath], new)
+
+    async def _rebind(self, record: ContainerRecord, mount: dict[str, Any], new: str) -> None:
+        cpath, host = str(mount["container_path"]), str(mount["host_path"])
+        propagation = {
+            MountPropagation.HOST_TO_CONTAINER.value: "slave",
+            MountPropagation.BIDIRECTIONAL.value: "shared",
+        }.get(int(mount.get("propagation") or 0), "private")
+        argv = [
+            sys.executable, "-m", "cri.runtime.remount", str(record.pid), host, cpath,
+            "ro" if mount.get("readonly") else "rw", propagation,
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        what = f"container {record.id[:12]} ({record.name})"
+        if proc.returncode != 0:
+            log.warning("%s: %s was mounted again; re-binding it at %s failed: %s",
+                        what, host, cpath, err.decode(errors="replace").strip())  # fmt: skip
+        else:
+            log.info("%s: %s was mounted again; re-bound at %s", what, host, cpath)
+        # either way, not again for this mount (a failure stays what it was: a dead bind)
+        record.mount_sources[cpath] = new
+        self.records.put_container(record)
 
     async def _watch_exits(self) -> None:
         """Turn conmon's exit files into EXITED records.
@@ -623,6 +683,12 @@ class RuntimeService:
                     cgroup_version=self.cgroups.version,
                 )
                 (bundle / "config.json").write_text(json.dumps(spec))
+                table = await asyncio.to_thread(remount.current_mount_table)
+                mount_sources = {
+                    m.container_path: table[os.path.normpath(m.host_path)]
+                    for m in config.mounts
+                    if os.path.normpath(m.host_path) in table
+                }
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 pid = await self.executor.create(
                     container_id=container_id,
@@ -657,6 +723,7 @@ class RuntimeService:
                 mounts=[asdict(m) | {"propagation": m.propagation.value} for m in config.mounts],
                 resources={k: int(v) for k, v in asdict(config.resources).items()},
                 pid=pid,
+                mount_sources=mount_sources,
             )
             self.records.put_container(record)
             self._containers[container_id] = record

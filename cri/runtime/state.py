@@ -83,6 +83,9 @@ class ContainerRecord:
     reason: str = ""
     message: str = ""
     version: int = STATE_VERSION
+    #: container path -> "<major:minor> <root>" of the mount at its source when created, for
+    #: sources that are mount points (CSI targets): one mounted again is re-bound (remount.py)
+    mount_sources: dict[str, str] = field(default_factory=dict)
 
 
 class RecordStore:

@@ -101,7 +101,7 @@ def test_identity_and_capabilities(make_driver: Callable[..., Driver]) -> None:
         for c in client.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest()).capabilities
     }
     rpc = csi_pb2.NodeServiceCapability.RPC
-    assert node_caps == {rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS}
+    assert node_caps == {rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS, rpc.VOLUME_MOUNT_GROUP}
     ctl = client.controller.ControllerGetCapabilities(csi_pb2.ControllerGetCapabilitiesRequest())
     assert [c.rpc.type for c in ctl.capabilities] == [
         csi_pb2.ControllerServiceCapability.RPC.CREATE_DELETE_VOLUME

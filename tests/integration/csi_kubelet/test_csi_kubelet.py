@@ -249,7 +249,8 @@ def test_agent_kill9_keeps_the_pod_and_its_mount(csi_env: CsiEnv) -> None:
         a.agent,
     )
     assert pod_phase(csi_env, pod) == "Running"
-    assert sorted(_csi_mounts(csi_env, 0)) == before
+    after = sorted(_csi_mounts(csi_env, 0))
+    assert after == before, (after, a.agent.log_tail(), a.driver.log_path.read_text()[-3000:])
     status = csi_env.core.read_namespaced_pod(pod, csi_env.namespace).status
     assert status.container_statuses[0].restart_count == 0
     delete_pod(csi_env, a, pod)
@@ -437,7 +438,7 @@ def test_inline_ephemeral_volume_in_a_pod(csi_env: CsiEnv) -> None:
     mounts = _csi_mounts(csi_env, 0)
     assert len(_targets(mounts)) == 1 and not _stagings(mounts), mounts  # no NodeStage
     delete_pod(csi_env, a, pod)
-    wait_for("the inline volume's mounts to go", lambda: not _csi_mounts(csi_env, 0), 30)
+    wait_for("the inline volume's mounts to go", lambda: not _csi_mounts(csi_env, 0), 30, a.agent)
     wait_for("its FUSE daemon to exit", lambda: not fuse_daemons_under(a.root), 30)
     # a missing bucket: FailedMount with the S3 error, nothing mounted
     source["csi"]["volumeAttributes"] = {"bucket": f"{bucket}-missing"}
@@ -475,16 +476,28 @@ def test_fs_group_is_applied_by_the_driver(csi_env: CsiEnv) -> None:
     assert "need the same fsGroup" in events[0].message, events[0].message
     delete_pod(csi_env, a, other)
     delete_pod(csi_env, a, pod)
-    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 0), 30)
+    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 0), 30, a.agent)
 
 
 def test_dead_fuse_mount_is_remounted_with_events_on_the_pod(csi_env: CsiEnv) -> None:
     """The FUSE daemon under a running pod killed: the driver finds the mount dead, remounts
-    it, and says so in Events on the pod (kubectl describe pod shows them)."""
+    it and says so in Events on the pod; the runtime re-binds the new mount into the running
+    container, whose writes fail for a moment and then work again, without a restart."""
     b = csi_env.nodes[1]
     claim = make_claim(csi_env)
-    pod = run_pod(csi_env, b, "while true; do sleep 1; done", claim, restart="Always")
+    script = (
+        "i=0; while true; do i=$((i+1));"
+        " if echo $i > /data/tick 2>/dev/null; then echo ok $i; else echo fail $i; fi;"
+        " sleep 0.5; done"
+    )
+    pod = run_pod(csi_env, b, script, claim, restart="Always")
     wait_phase(csi_env, b, pod, {"Running"})
+
+    def lines() -> list[str]:
+        log = b.agent.container_log(csi_env.namespace, pod, "c")
+        return [line.split(" ", 3)[3] for line in log.splitlines()]
+
+    wait_for("the pod's first write", lambda: "ok 1" in lines(), 30, b.agent)
     daemons = fuse_daemons_under(b.root)
     assert len(daemons) == 1, daemons
     os.kill(daemons[0], signal.SIGKILL)
@@ -500,11 +513,44 @@ def test_dead_fuse_mount_is_remounted_with_events_on_the_pod(csi_env: CsiEnv) ->
     assert remounted[0].source.component == DRIVER and remounted[0].source.host == b.name
     new = fuse_daemons_under(b.root)
     assert len(new) == 1 and new != daemons
-    # the volume works again on the node: a new pod reads what an earlier one wrote
+
+    # the runtime re-binds the new mount into the running container, which writes again
+    wait_for(
+        "the runtime to re-bind the volume into the container",
+        lambda: "was mounted again; re-bound at /data" in b.agent.log_path.read_text(),
+        30,
+        b.agent,
+    )
+    seen = len(lines())
+    wait_for(
+        "a write of the running container after the re-bind",
+        lambda: any(line.startswith("ok") for line in lines()[seen:]),
+        30,
+        b.agent,
+    )
+    status = csi_env.core.read_namespaced_pod(pod, csi_env.namespace).status
+    assert status.container_statuses[0].restart_count == 0
+    tick = wait_for(
+        "the pod's latest write in S3",
+        lambda: _read_object(csi_env, "tick"),
+        30,
+    )
+    assert tick.strip().isdigit()
+    # and a new pod on the node reads the volume too
     stamp = str(time.time_ns())
     reader = run_pod(csi_env, b, f"echo {stamp} > /data/after && cat /data/after", claim)
     assert wait_phase(csi_env, b, reader, {"Succeeded", "Failed"}) == "Succeeded"
     assert stamp in b.agent.container_log(csi_env.namespace, reader, "c")
     delete_pod(csi_env, b, reader)
     delete_pod(csi_env, b, pod)
-    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 1), 30)
+    wait_for("the mounts to go", lambda: not _csi_mounts(csi_env, 1), 30, b.agent)
+
+
+def _read_object(env: CsiEnv, key: str) -> str:
+    s3 = env.seaweed.client()
+    for bucket in s3.list_buckets()["Buckets"]:
+        for obj in s3.list_objects_v2(Bucket=bucket["Name"]).get("Contents", []):
+            if obj["Key"] == key:
+                body: bytes = s3.get_object(Bucket=bucket["Name"], Key=key)["Body"].read()
+                return body.decode()
+    return ""

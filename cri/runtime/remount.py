@@ -1,0 +1,178 @@
+"""Put a replaced volume mount back into a running container.
+
+A volume's host path that is itself a mount point (a CSI target: a bind of a FUSE mount) can
+be replaced on the host while containers run — a CSI driver that finds its FUSE daemon dead
+mounts again and binds the target again. A container's bind of the old mount stays dead
+("Transport endpoint is not connected") until the container restarts. The runtime notices
+the mount table change (`MountWatch`: poll() on /proc/self/mountinfo wakes on any mount or
+unmount in our namespace), compares the mount each running container got at such a source
+(`mount_table`) with the one there now, and re-binds the new mount at the same place inside the
+container, without restarting it:
+
+    open_tree(host_path, OPEN_TREE_CLONE | AT_RECURSIVE)     a detached copy, in our ns
+    setns(<container pid>/ns/mnt)                             (a single-threaded child)
+    umount2(dest, MNT_DETACH)                                 the dead bind goes
+    move_mount(tree → dest); mount_setattr(ro, propagation)   the new one, as the old was
+
+The child is `python3 -m cri.runtime.remount` (setns into a mount namespace is refused to a
+multi-threaded process). Linux 5.12+ (mount_setattr); older kernels log why and skip.
+"""
+
+import ctypes
+import os
+import select
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MNT_DETACH = 2
+CLONE_NEWNS = 0x20000
+PROPAGATION = {"private": 1 << 18, "slave": 1 << 19, "shared": 1 << 20}
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def mount_table(mountinfo: str) -> dict[str, str]:
+    """Mount point → "<major:minor> <root>" of the mount on top there, from mountinfo text.
+
+    That pair, not the mount id, names a mount: ids are reused as soon as they are freed,
+    while a superblock's device number stays taken as long as any mount of it (such as a
+    running container's bind) exists, so a replacement always shows another one."""
+    out: dict[str, str] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) > 4:
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            out[point] = f"{fields[2]} {fields[3]}"
+    return out
+
+
+def current_mount_table() -> dict[str, str]:
+    return mount_table(Path("/proc/self/mountinfo").read_text())
+
+
+def rebind_in_container(
+    pid: int, host_path: str, dest: str, *, readonly: bool, propagation: str
+) -> None:
+    """In this (single-threaded) process: replace `dest` in `pid`'s mount namespace with a
+    recursive copy of what is mounted at `host_path` in ours."""
+    tree = _check(
+        _libc.syscall(
+            SYS_OPEN_TREE,
+            AT_FDCWD,
+            host_path.encode(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC,
+        ),
+        f"open_tree {host_path}",
+    )
+    ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(ns, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
+    finally:
+        os.close(ns)
+    os.chdir("/")
+    # the dead bind (and anything stacked on it) goes; a stat of it would hang or fail
+    _libc.umount2(dest.encode(), MNT_DETACH)
+    _check(
+        _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, dest.encode(), MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount to {dest}",
+    )
+    attr = _MountAttr(
+        attr_set=MOUNT_ATTR_RDONLY if readonly else 0,
+        attr_clr=0,
+        propagation=PROPAGATION[propagation],
+        userns_fd=0,
+    )
+    _check(
+        _libc.syscall(
+            SYS_MOUNT_SETATTR,
+            AT_FDCWD,
+            dest.encode(),
+            AT_RECURSIVE,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        ),
+        f"mount_setattr {dest}",
+    )
+
+
+class MountWatch:
+    """Calls `on_change` (from a daemon thread) whenever our mount table changes."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="mount-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLPRI)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._wake_r in ready:
+                return
+            if self._fd in ready:
+                self._on_change()
+
+    def close(self) -> None:
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=2)
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+def stale_mounts(
+    recorded: dict[str, str], hosts: dict[str, str], table: dict[str, str]
+) -> Iterable[tuple[str, str]]:
+    """(container path, new mount) for each recorded source now covered by another mount; a
+    source that is no longer a mount point (its volume is being torn down) is left alone."""
+    for cpath, old in recorded.items():
+        new = table.get(hosts.get(cpath, ""))
+        if new is not None and new != old:
+            yield cpath, new
+
+
+def main(argv: list[str]) -> int:
+    pid, host_path, dest, readonly, propagation = argv
+    try:
+        rebind_in_container(
+            int(pid), host_path, dest, readonly=readonly == "ro", propagation=propagation
+        )
+    except OSError as err:
+        print(f"re-binding {host_path} at {dest} in pid {pid}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
