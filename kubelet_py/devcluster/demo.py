@@ -155,15 +155,22 @@ class CsiProcess:
         stop_process(self.proc, grace_s=15)
 
 
-def s3_driver(root: Path, node_id: str, *, mode: str) -> CsiProcess:
+def s3_driver(
+    root: Path, node_id: str, *, mode: str, kubeconfig: bytes | None = None
+) -> CsiProcess:
     """The S3 CSI driver for one node (registering through its plugins_registry) or the
-    controller; in the root namespaces, where SeaweedFS listens on loopback."""
+    controller; in the root namespaces, where SeaweedFS listens on loopback. A node's driver
+    given `kubeconfig` (the node's credentials) posts volume Events on the node's pods."""
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "csi.sock"
     argv = ["s3", "--endpoint", f"unix://{sock}", "--node-id", node_id, "--mode", mode,
             "--state-dir", str(root / "state")]  # fmt: skip
     if mode == "node":
         argv += ["--registration-dir", str(root.parent / "plugins_registry")]
+    if kubeconfig is not None:
+        (root / "kubeconfig").write_bytes(kubeconfig)
+        (root / "kubeconfig").chmod(0o600)
+        argv += ["--kubeconfig", str(root / "kubeconfig")]
     driver = CsiProcess(argv, root / "driver.log")
     driver.wait_for(sock)
     return driver
@@ -302,7 +309,8 @@ def run_demo(
             if i == 0:
                 for f in sorted((manifests_dir() / "static").glob("*.yaml")):
                     shutil.copy(f, static_dir / f.name)
-            csi.append(s3_driver(root / "csi", name, mode="node"))
+            creds = cluster.node_kubeconfig(name, from_root_namespace=True)
+            csi.append(s3_driver(root / "csi", name, mode="node", kubeconfig=creds))
             node = JoinedNode(cluster, name, root, static_dir)
             demo.nodes.append(node)
             progress(f"{name} joins with a bootstrap token and the CA hash (kubelet-py join)")
