@@ -8,13 +8,20 @@ tests/integration/csi_kubelet, `csi_environment`). One RWX PVC is provisioned on
 (its create → Bound time is printed); then pods alternate:
 
 - anchor: a busybox pod with an emptyDir volume;
-- ours:   the same pod with the PVC (NodeStage = s3fs FUSE mount, NodePublish = bind).
+- ours:   the same pod with the PVC (NodeStage = s3fs FUSE mount, NodePublish = bind),
+          and with an inline CSI volume (NodePublish = s3fs FUSE mount + bind, no stage).
 
 Start = API create → phase Running (polled every 20 ms); stop = API delete (grace 0 s
 for the container, 1 s asked) → the pod is gone from the API, plus for the PVC pod the
 moment its staging and target mounts are gone from mountinfo (unpublish + unstage).
 The difference of the medians is what a CSI volume costs a pod. Timings vary with the
-load on this shared VM; the two kinds alternate so both see the same load.
+load on this shared VM; the kinds rotate so all see the same load.
+
+Then `--kills` times the FUSE daemon under a running pod (writing every 50 ms) is killed:
+the outage is the span, in the container's own CRI log timestamps, from its first failed
+write to its first good one after (driver health check every 1 s here, 10 s by default;
+remount; the runtime re-binds the new mount into the container). Under the upstream
+kubelet + containerd the container stays broken until it is restarted: no anchor to time.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ def _pod(name: str, node: str, volume: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=10, help="pods of each kind")
+    parser.add_argument("--kills", type=int, default=3, help="FUSE daemon kills under a pod")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root: namespaces, mounts, FUSE")
@@ -67,7 +75,13 @@ def main() -> int:
     from kubernetes import client, config
 
     from kubelet_py.devcluster import LocalCluster, ensure_binaries
-    from tests.integration.csi_kubelet.conftest import csi_environment, make_claim, our_mounts
+    from tests.integration.csi.conftest import fuse_daemons_under
+    from tests.integration.csi_kubelet.conftest import (
+        DRIVER,
+        csi_environment,
+        make_claim,
+        our_mounts,
+    )
 
     load_before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-csik-"))
@@ -80,7 +94,9 @@ def main() -> int:
     times: dict[str, dict[str, list[float]]] = {
         "emptyDir": {"start": [], "stop": []},
         "CSI PVC": {"start": [], "stop": [], "unmounted": []},
+        "inline CSI": {"start": [], "stop": [], "unmounted": []},
     }
+    outages: list[float] = []
     bound_s = 0.0
     try:
         log("starting the control plane ...")
@@ -93,12 +109,21 @@ def main() -> int:
             t0 = time.monotonic()
             claim = make_claim(env)
             bound_s = time.monotonic() - t0
+            bucket = f"bench-inline-{secrets.token_hex(4)}"
+            env.seaweed.client().create_bucket(Bucket=bucket)
             kinds = {
                 "emptyDir": {"emptyDir": {}},
                 "CSI PVC": {"persistentVolumeClaim": {"claimName": claim}},
+                "inline CSI": {
+                    "csi": {
+                        "driver": DRIVER,
+                        "volumeAttributes": {"bucket": bucket},
+                        "nodePublishSecretRef": {"name": env.secret},
+                    }
+                },
             }
             for i in range(args.runs):
-                order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
+                order = list(kinds)[i % 3 :] + list(kinds)[: i % 3]
                 for kind in order:
                     name = f"b{i}-{secrets.token_hex(3)}"
                     t0 = time.monotonic()
@@ -120,11 +145,13 @@ def main() -> int:
                             raise RuntimeError(f"{kind} pod {name} not gone after 120 s")
                         time.sleep(0.02)
                     times[kind]["stop"].append(time.monotonic() - t0)
-                    if kind == "CSI PVC":
+                    if kind != "emptyDir":
                         while our_mounts(node.root) and time.monotonic() - t0 < 120:
                             time.sleep(0.02)
                         times[kind]["unmounted"].append(time.monotonic() - t0)
                 log(f"run {i + 1}/{args.runs} done")
+            if args.kills:
+                outages = _fuse_kills(env, node, claim, args.kills, fuse_daemons_under)
     finally:
         with contextlib.suppress(Exception):
             cluster.stop()
@@ -149,7 +176,65 @@ def main() -> int:
             )
     extra = median(times["CSI PVC"]["start"]) - median(times["emptyDir"]["start"])
     print(f"\nthe CSI volume adds {extra:+.2f} s (median) to a pod's start")
+    if outages:
+        shown = ", ".join(f"{o:.2f}" for o in outages)
+        print(
+            f"FUSE daemon killed under a running pod, {len(outages)} times: the container's"
+            f" writes failed for {shown} s (median {median(outages):.2f} s), then worked"
+            " again without a restart (upstream: broken until the container restarts)"
+        )
     return 0
+
+
+WRITER = (
+    "while true; do if echo x > /data/t 2>/dev/null; then echo ok; else echo fail; fi;"
+    " sleep 0.05; done"
+)
+
+
+def _fuse_kills(env: Any, node: Any, claim: str, kills: int, daemons: Any) -> list[float]:
+    """Kill the FUSE daemon under a writing pod `kills` times; the outage each time."""
+    import signal
+    from datetime import datetime
+
+    name = f"bkill-{secrets.token_hex(3)}"
+    pod = _pod(name, node.name, {"persistentVolumeClaim": {"claimName": claim}})
+    pod["spec"]["containers"][0]["command"] = ["sh", "-c", WRITER]
+    env.core.create_namespaced_pod(env.namespace, pod)
+    deadline = time.monotonic() + 120
+    while env.core.read_namespaced_pod(name, env.namespace).status.phase != "Running":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pod {name} not Running after 120 s")
+        time.sleep(0.05)
+
+    def lines() -> list[tuple[float, str]]:
+        out = []
+        for line in node.agent.container_log(env.namespace, name, "c").splitlines():
+            stamp, _, _, text = line.split(" ", 3)
+            when = datetime.fromisoformat(stamp[:26] + stamp[-6:]).timestamp()
+            out.append((when, text))
+        return out
+
+    outages = []
+    for k in range(kills):
+        time.sleep(2)
+        seen = len(lines())
+        (pid,) = daemons(node.root)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            got = lines()[seen:]
+            fails = [t for t, text in got if text == "fail"]
+            oks = [t for t, text in got if text == "ok" and fails and t > fails[0]]
+            if oks:
+                outages.append(oks[0] - fails[0])
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kill {k + 1}: the pod did not write again in 120 s")
+            time.sleep(0.1)
+        log(f"FUSE kill {k + 1}/{kills}: outage {outages[-1]:.2f} s")
+    env.core.delete_namespaced_pod(name, env.namespace, grace_period_seconds=1)
+    return outages
 
 
 if __name__ == "__main__":
