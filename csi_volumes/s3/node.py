@@ -2,18 +2,24 @@
 
     NodeStageVolume    pre-flight S3 check (clear S3 errors) ─▶ record + credentials on
                        disk ─▶ mounter (s3fs / rclone) detached at the staging path
-    NodePublishVolume  bind mount staging ─▶ target (read-only when asked)
+    NodePublishVolume  bind mount staging ─▶ target (read-only when asked); an inline
+                       ephemeral volume (no stage) gets its own FUSE mount in its work dir
     NodeUnpublish/NodeUnstage  unmount, forget; both idempotent
     NodeGetVolumeStats statvfs + health; a dead mount is remounted and reported
 
-A volume record on disk (`state.py`) lists its staging path and targets, so a restarted
-driver re-adopts its mounts (`recover`), and a FUSE daemon that died is replaced
+A pod's fsGroup comes as `volume_mount_group` (VOLUME_MOUNT_GROUP) and is the group the
+mount is made for (`mounters.py`); a volume is mounted once per node, so pods sharing it
+there must share the group.
+
+A volume record on disk (`state.py`) lists its staging path, targets and their pods, so a
+restarted driver re-adopts its mounts (`recover`), and a FUSE daemon that died is replaced
 (`check_all`, run periodically and on every stage/publish/stats): unmount the dead
 staging mount and its bind mounts, mount again, bind the targets again. Every such
-event is logged as one `csi-event reason=... volume=... message="..."` line and appended
-to `<state-dir>/events.jsonl` for the kubelet side to turn into Events. (CSI's
-VolumeCondition, the spec's old channel for this, was an alpha API and is removed in
-CSI v1.12.1+/v1.13, which Kubernetes 1.37 vendors, so nothing would read it.)
+event is logged as one `csi-event reason=... volume=... message="..."` line, appended
+to `<state-dir>/events.jsonl`, and posted as a Kubernetes Event on each pod using the
+volume (`kube_events.py`, when the driver has API credentials). (CSI's VolumeCondition,
+the spec's old channel for this, was an alpha API and is removed in CSI v1.12.1+/v1.13,
+which Kubernetes 1.37 vendors, so nothing would read it.)
 """
 
 import asyncio
