@@ -147,14 +147,23 @@ def wait_rclone_uploads(rc_socket: Path, timeout_s: float) -> None:
 
 
 def unmount_fuse(
-    mountpoint: Path, *, rc_socket: Path | None = None, timeout_s: float = 120.0
+    mountpoint: Path,
+    *,
+    rc_socket: Path | None = None,
+    timeout_s: float = 120.0,
+    wait_for_exit: bool = True,
 ) -> None:
-    """Unmount a FUSE mount once its data is in S3, and wait for its daemon to end, so
-    what was written before unstage is in S3 when unstage returns."""
+    """Unmount a FUSE mount once its data is in S3, so what was written before unstage is
+    in S3 when unstage returns: rclone's pending uploads are waited for (over its rc
+    socket), then its exit. s3fs uploads a file before close() returns, so its data is
+    there once the (non-lazy) unmount succeeds; it takes another 1.5-2 s to exit, which
+    `wait_for_exit=False` does not wait for (it would be each pod's delete time)."""
     pids = daemon_pids(mountpoint)
     if rc_socket is not None and rc_socket.exists() and pids:
         wait_rclone_uploads(rc_socket, timeout_s)
     unmount_all(mountpoint)
+    if not wait_for_exit:
+        return
     alive = wait_exit(pids, timeout_s)
     if alive:
         raise MountError(

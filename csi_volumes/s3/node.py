@@ -48,6 +48,8 @@ from csi_volumes.s3 import mountops
 from csi_volumes.s3.capabilities import check_capabilities, is_read_only
 from csi_volumes.s3.mounters import mount_command
 from csi_volumes.s3.params import (
+    CacheMode,
+    Mounter,
     parse_credentials,
     parse_inline_volume,
     parse_mount_options,
@@ -73,6 +75,17 @@ def _group_hint(have: int | None, want: int | None) -> str:
         f" (mounted for fsGroup {have if have is not None else 'none'}, asked for"
         f" {want if want is not None else 'none'}: pods sharing an S3 volume on one node"
         " need the same fsGroup)"
+    )
+
+
+def _waits_for_exit(volume: StagedVolume | None) -> bool:
+    """Whether unmounting waits for the FUSE daemon to end: not for s3fs without a disk
+    cache (see unmount_fuse); one with a cache may still clean it up on its way out, and
+    the next mount of the volume would share that directory."""
+    return (
+        volume is None
+        or volume.options.mounter is not Mounter.S3FS
+        or volume.options.cache is not CacheMode.NONE
     )
 
 
@@ -377,7 +390,12 @@ class S3Node:
                     f"volume {req.volume_id} is staged at {existing.staging_path}, not {staging}"
                 )
             rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
-            await asyncio.to_thread(mountops.unmount_fuse, staging, rc_socket=rc_socket)
+            await asyncio.to_thread(
+                mountops.unmount_fuse,
+                staging,
+                rc_socket=rc_socket,
+                wait_for_exit=_waits_for_exit(existing),
+            )
             self.state.forget(req.volume_id)
             log.info("unstaged %s from %s", req.volume_id, staging)
             return csi_pb2.NodeUnstageVolumeResponse()
@@ -527,7 +545,12 @@ class S3Node:
                 if not rest.targets:
                     rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
                     mnt = Path(volume.staging_path)
-                    await asyncio.to_thread(mountops.unmount_fuse, mnt, rc_socket=rc_socket)
+                    await asyncio.to_thread(
+                        mountops.unmount_fuse,
+                        mnt,
+                        rc_socket=rc_socket,
+                        wait_for_exit=_waits_for_exit(volume),
+                    )
                     self.state.forget(req.volume_id)
                 else:
                     self.state.save(rest)

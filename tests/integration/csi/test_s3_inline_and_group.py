@@ -1,6 +1,7 @@
 """Inline ephemeral volumes and fsGroup mounts (VOLUME_MOUNT_GROUP), over gRPC, real SeaweedFS."""
 
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def test_inline_ephemeral_volume_mounts_an_existing_bucket(
     client.node.NodeUnpublishVolume(unpublish_inline, timeout=60)
     client.node.NodeUnpublishVolume(unpublish_inline, timeout=60)  # idempotent
     assert _mounts_under(csi_root) == []
-    assert fuse_daemons_under(csi_root) == []
     assert not list((driver.state_dir / "volumes").iterdir())
+    _wait_no_daemons(csi_root)  # s3fs ends a moment after its unmount
     got = seaweed.client().get_object(Bucket=bucket, Key="team/a/hello.txt")["Body"].read()
     assert got == b"from an inline volume"
 
@@ -106,6 +107,13 @@ def test_inline_volume_errors_leave_nothing_behind(
     assert _mounts_under(csi_root) == []
     assert fuse_daemons_under(csi_root) == []
     assert not list((driver.state_dir / "volumes").iterdir())
+
+
+def _wait_no_daemons(root: Path, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while fuse_daemons_under(root):
+        assert time.monotonic() < deadline, f"FUSE daemons left: {fuse_daemons_under(root)}"
+        time.sleep(0.1)
 
 
 def _group_cap(group: str) -> csi_pb2.VolumeCapability:
