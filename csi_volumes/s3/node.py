@@ -389,18 +389,23 @@ class S3Node:
                 raise not_found(
                     f"volume {req.volume_id} is staged at {existing.staging_path}, not {staging}"
                 )
-            rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
-            await asyncio.to_thread(
-                mountops.unmount_fuse,
-                staging,
-                rc_socket=rc_socket,
-                wait_for_exit=_waits_for_exit(existing),
-            )
-            self.state.forget(req.volume_id)
+            await self._unmount_and_forget(req.volume_id, staging, existing)
             log.info("unstaged %s from %s", req.volume_id, staging)
             return csi_pb2.NodeUnstageVolumeResponse()
 
         return await self._exclusive(req.volume_id, do)
+
+    async def _unmount_and_forget(
+        self, volume_id: str, mountpoint: Path, volume: StagedVolume | None
+    ) -> None:
+        """Unmount a volume's FUSE mount (its data in S3 first) and drop its record."""
+        await asyncio.to_thread(
+            mountops.unmount_fuse,
+            mountpoint,
+            rc_socket=self.state.work_dir(volume_id) / "rc.sock",
+            wait_for_exit=_waits_for_exit(volume),
+        )
+        self.state.forget(volume_id)
 
     async def publish(
         self, req: csi_pb2.NodePublishVolumeRequest
@@ -543,15 +548,8 @@ class S3Node:
                 # an inline volume's FUSE mount is its publish's: it goes now
                 rest = volume.without_target(str(target))
                 if not rest.targets:
-                    rc_socket = self.state.work_dir(req.volume_id) / "rc.sock"
                     mnt = Path(volume.staging_path)
-                    await asyncio.to_thread(
-                        mountops.unmount_fuse,
-                        mnt,
-                        rc_socket=rc_socket,
-                        wait_for_exit=_waits_for_exit(volume),
-                    )
-                    self.state.forget(req.volume_id)
+                    await self._unmount_and_forget(req.volume_id, mnt, volume)
                 else:
                     self.state.save(rest)
             elif volume is not None and str(target) in volume.targets:

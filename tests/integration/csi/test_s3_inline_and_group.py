@@ -157,16 +157,20 @@ def test_volume_mount_group_gives_the_pods_fsgroup(
         ),
         timeout=90,
     )
-    client.node.NodePublishVolume(
-        csi_pb2.NodePublishVolumeRequest(
-            volume_id=vol.volume_id,
-            staging_target_path=str(staging),
-            target_path=str(target),
-            volume_capability=_group_cap("2000"),
-            volume_context=vol.volume_context,
-        ),
-        timeout=90,
-    )
+
+    def publish_for(path: Path, group: str) -> None:
+        client.node.NodePublishVolume(
+            csi_pb2.NodePublishVolumeRequest(
+                volume_id=vol.volume_id,
+                staging_target_path=str(staging),
+                target_path=str(path),
+                volume_capability=_group_cap(group),
+                volume_context=vol.volume_context,
+            ),
+            timeout=90,
+        )
+
+    publish_for(target, "2000")
     r = _as_user(1000, "2000", f"mkdir {target}/d && echo hi > {target}/d/f && cat {target}/d/f")
     assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
     assert (target / "d" / "f").stat().st_gid == 2000
@@ -176,21 +180,9 @@ def test_volume_mount_group_gives_the_pods_fsgroup(
         assert r.returncode != 0 and "Permission denied" in r.stderr
 
     # another pod on this node with another fsGroup cannot share the mount
-    def publish_other() -> None:
-        client.node.NodePublishVolume(
-            csi_pb2.NodePublishVolumeRequest(
-                volume_id=vol.volume_id,
-                staging_target_path=str(staging),
-                target_path=str(other),
-                volume_capability=_group_cap("3000"),
-                volume_context=vol.volume_context,
-            ),
-            timeout=90,
-        )
-
-    assert code_of(publish_other) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: publish_for(other, "3000")) == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.RpcError, match="need the same fsGroup"):
-        publish_other()
+        publish_for(other, "3000")
     # a pod without fsGroup may (it asks for nothing)
     publish(client, vol, staging, other)
     for t in (target, other):
