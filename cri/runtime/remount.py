@@ -6,8 +6,9 @@ mounts again and binds the target again. A container's bind of the old mount sta
 ("Transport endpoint is not connected") until the container restarts. The runtime notices
 the mount table change (`MountWatch`: poll() on /proc/self/mountinfo wakes on any mount or
 unmount in our namespace), compares the mount each running container got at such a source
-(`mount_table`) with the one there now, and re-binds the new mount at the same place inside the
-container, without restarting it:
+(`mount_table`) with the one there now and, when the container's process still holds the
+old one at that path (so a reused PID is never touched), re-binds the new mount at the same
+place inside the container, without restarting it:
 
     open_tree(host_path, OPEN_TREE_CLONE | AT_RECURSIVE)     a detached copy, in our ns
     setns(<container pid>/ns/mnt)                             (a single-threaded child)
@@ -76,6 +77,14 @@ def mount_table(mountinfo: str) -> dict[str, str]:
 
 def current_mount_table() -> dict[str, str]:
     return mount_table(Path("/proc/self/mountinfo").read_text())
+
+
+def mount_in(pid: int, path: str) -> str | None:
+    """What process `pid` sees mounted at `path` (its mountinfo is relative to its root)."""
+    try:
+        return mount_table(Path(f"/proc/{pid}/mountinfo").read_text()).get(path)
+    except OSError:
+        return None
 
 
 def rebind_in_container(

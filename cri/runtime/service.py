@@ -185,7 +185,14 @@ class RuntimeService:
             by_path = {m["container_path"]: m for m in record.mounts}
             hosts = {c: str(by_path[c]["host_path"]) for c in record.mount_sources if c in by_path}
             for cpath, new in remount.stale_mounts(record.mount_sources, hosts, table):
-                await self._rebind(record, by_path[cpath], new)
+                # only a process that still holds the old mount there is this container
+                # (a PID can be reused); one that holds another needs nothing
+                held = await asyncio.to_thread(remount.mount_in, record.pid, cpath)
+                if held == record.mount_sources[cpath]:
+                    await self._rebind(record, by_path[cpath], new)
+                else:
+                    record.mount_sources[cpath] = new
+                    self.records.put_container(record)
 
     async def _rebind(self, record: ContainerRecord, mount: dict[str, Any], new: str) -> None:
         cpath, host = str(mount["container_path"]), str(mount["host_path"])

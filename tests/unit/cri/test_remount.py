@@ -1,10 +1,17 @@
 """Which container mounts need re-binding after their source was mounted again (pure logic)."""
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
-from cri.runtime.remount import MountWatch, mount_table, stale_mounts
+from cri.runtime.remount import (
+    MountWatch,
+    current_mount_table,
+    mount_in,
+    mount_table,
+    stale_mounts,
+)
 
 MOUNTINFO = """\
 22 1 0:21 / /proc rw,relatime - proc proc rw
@@ -52,3 +59,9 @@ def test_mount_watch_wakes_on_a_mount_and_closes_at_once(
         started = time.monotonic()
         watch.close()
         assert time.monotonic() - started < 0.5
+
+
+def test_mount_in_reads_a_process_view() -> None:
+    assert mount_in(os.getpid(), "/proc") == current_mount_table()["/proc"]
+    assert mount_in(os.getpid(), "/no/such/mount") is None
+    assert mount_in(2**22 + 12345, "/proc") is None  # no such process
