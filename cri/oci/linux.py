@@ -1,8 +1,9 @@
 """Raw Linux calls the standard library of Python 3.11 lacks, through ctypes.
 
-mount, umount2, pivot_root, unshare, setns, sethostname, prctl, capset and
-seccomp. Each raises OSError with the errno, like the `os` functions do; the
-caller adds the step ("mount proc on /proc") to the message.
+mount, umount2, pivot_root, unshare, setns, sethostname, prctl, capset,
+seccomp, and the new mount API's open_tree, move_mount and mount_setattr. Each
+raises OSError with the errno, like the `os` functions do; the caller adds the
+step ("mount proc on /proc") to the message.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ SYS_PIVOT_ROOT = 155
 SYS_PRLIMIT64 = 302
 SYS_SECCOMP = 317
 SYS_CLONE3 = 435
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
 
 CLONE_NEWTIME = 0x80
 CLONE_NEWNS = 0x20000
@@ -61,6 +65,11 @@ NAMESPACE_FILES = {
 }
 
 MNT_DETACH = 2
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
 
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
@@ -95,6 +104,47 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags))
+
+
+def open_tree(path: str, flags: int) -> int:
+    """A file descriptor for the mount at `path` (with OPEN_TREE_CLONE: a detached copy)."""
+    rc = int(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags))
+    _check(rc)
+    return rc
+
+
+def move_mount_fd(tree: int, target: str) -> None:
+    """Attach the mount tree `tree` (from open_tree) at `target`."""
+    _check(
+        _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(
+    target: str, flags: int, *, attr_set: int = 0, attr_clr: int = 0, propagation: int = 0
+) -> None:
+    """Change mount attributes and/or propagation (one of MS_PRIVATE/SLAVE/SHARED, no MS_REC:
+    AT_RECURSIVE in `flags` makes it recursive). Linux 5.12+."""
+    attr = _MountAttr(attr_set=attr_set, attr_clr=attr_clr, propagation=propagation)
+    _check(
+        _libc.syscall(
+            SYS_MOUNT_SETATTR,
+            AT_FDCWD,
+            target.encode(),
+            flags,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        )
+    )
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

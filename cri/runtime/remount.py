@@ -19,7 +19,7 @@ The child is `python3 -m cri.runtime.remount` (setns into a mount namespace is r
 multi-threaded process). Linux 5.12+ (mount_setattr); older kernels log why and skip.
 """
 
-import ctypes
+import contextlib
 import os
 import select
 import sys
@@ -27,37 +27,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-SYS_OPEN_TREE = 428
-SYS_MOVE_MOUNT = 429
-SYS_MOUNT_SETATTR = 442
-OPEN_TREE_CLONE = 1
-AT_RECURSIVE = 0x8000
-AT_EMPTY_PATH = 0x1000
-AT_FDCWD = -100
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOUNT_ATTR_RDONLY = 0x1
-MNT_DETACH = 2
-CLONE_NEWNS = 0x20000
-PROPAGATION = {"private": 1 << 18, "slave": 1 << 19, "shared": 1 << 20}
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
+from cri.oci import linux
+from cri.oci.spec import MS_REC, PROPAGATION_FLAGS
 
 
 def mount_table(mountinfo: str) -> dict[str, str]:
@@ -91,45 +62,32 @@ def rebind_in_container(
     pid: int, host_path: str, dest: str, *, readonly: bool, propagation: str
 ) -> None:
     """In this (single-threaded) process: replace `dest` in `pid`'s mount namespace with a
-    recursive copy of what is mounted at `host_path` in ours."""
-    tree = _check(
-        _libc.syscall(
-            SYS_OPEN_TREE,
-            AT_FDCWD,
-            host_path.encode(),
-            OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC,
-        ),
-        f"open_tree {host_path}",
-    )
-    ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    recursive copy of what is mounted at `host_path` in ours; `propagation` is an OCI
+    option (rprivate, rslave, rshared)."""
+    step = f"open_tree {host_path}"
     try:
-        _check(_libc.setns(ns, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
-    finally:
-        os.close(ns)
-    os.chdir("/")
-    # the dead bind (and anything stacked on it) goes; a stat of it would hang or fail
-    _libc.umount2(dest.encode(), MNT_DETACH)
-    _check(
-        _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, dest.encode(), MOVE_MOUNT_F_EMPTY_PATH),
-        f"move_mount to {dest}",
-    )
-    attr = _MountAttr(
-        attr_set=MOUNT_ATTR_RDONLY if readonly else 0,
-        attr_clr=0,
-        propagation=PROPAGATION[propagation],
-        userns_fd=0,
-    )
-    _check(
-        _libc.syscall(
-            SYS_MOUNT_SETATTR,
-            AT_FDCWD,
-            dest.encode(),
-            AT_RECURSIVE,
-            ctypes.byref(attr),
-            ctypes.sizeof(attr),
-        ),
-        f"mount_setattr {dest}",
-    )
+        tree = linux.open_tree(host_path, linux.OPEN_TREE_CLONE | linux.AT_RECURSIVE | os.O_CLOEXEC)
+        step = f"setns into the mount namespace of pid {pid}"
+        ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.setns(ns, linux.CLONE_NEWNS)
+        finally:
+            os.close(ns)
+        os.chdir("/")
+        # the dead bind (and anything stacked on it) goes; a stat of it would hang or fail
+        with contextlib.suppress(OSError):  # nothing mounted there any more
+            linux.umount2(dest, linux.MNT_DETACH)
+        step = f"move_mount to {dest}"
+        linux.move_mount_fd(tree, dest)
+        step = f"mount_setattr {dest}"
+        linux.mount_setattr(
+            dest,
+            linux.AT_RECURSIVE,
+            attr_set=linux.MOUNT_ATTR_RDONLY if readonly else 0,
+            propagation=PROPAGATION_FLAGS[propagation] & ~MS_REC,
+        )
+    except OSError as err:
+        raise OSError(err.errno, f"{step}: {err.strerror}") from None
 
 
 class MountWatch:

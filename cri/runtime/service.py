@@ -54,7 +54,13 @@ from cri.runtime.model import (
 )
 from cri.runtime.network import PodNetwork, PodNetworkRequest
 from cri.runtime.state import ContainerRecord, RecordStore, SandboxRecord
-from cri.runtime.translate import ImageDefaults, SandboxPaths, container_spec, resolve_user
+from cri.runtime.translate import (
+    ImageDefaults,
+    SandboxPaths,
+    container_spec,
+    propagation_option,
+    resolve_user,
+)
 from cri.runtime.usage import DirUsage, InterfaceUsage, dir_usage, netns_interfaces
 
 log = logging.getLogger("kubelet_py.cri.runtime")
@@ -184,22 +190,21 @@ class RuntimeService:
                 continue
             by_path = {m["container_path"]: m for m in record.mounts}
             hosts = {c: str(by_path[c]["host_path"]) for c in record.mount_sources if c in by_path}
-            for cpath, new in remount.stale_mounts(record.mount_sources, hosts, table):
+            stale = list(remount.stale_mounts(record.mount_sources, hosts, table))
+            for cpath, new in stale:
                 # only a process that still holds the old mount there is this container
                 # (a PID can be reused); one that holds another needs nothing
                 held = await asyncio.to_thread(remount.mount_in, record.pid, cpath)
                 if held == record.mount_sources[cpath]:
-                    await self._rebind(record, by_path[cpath], new)
-                else:
-                    record.mount_sources[cpath] = new
-                    self.records.put_container(record)
+                    await self._rebind(record, by_path[cpath])
+                # either way, not again for this mount (a failed re-bind stays a dead bind)
+                record.mount_sources[cpath] = new
+            if stale:
+                self.records.put_container(record)
 
-    async def _rebind(self, record: ContainerRecord, mount: dict[str, Any], new: str) -> None:
+    async def _rebind(self, record: ContainerRecord, mount: dict[str, Any]) -> None:
         cpath, host = str(mount["container_path"]), str(mount["host_path"])
-        propagation = {
-            MountPropagation.HOST_TO_CONTAINER.value: "slave",
-            MountPropagation.BIDIRECTIONAL.value: "shared",
-        }.get(int(mount.get("propagation") or 0), "private")
+        propagation = propagation_option(MountPropagation(int(mount.get("propagation") or 0)))
         argv = [
             sys.executable, "-m", "cri.runtime.remount", str(record.pid), host, cpath,
             "ro" if mount.get("readonly") else "rw", propagation,
@@ -214,9 +219,6 @@ class RuntimeService:
                         what, host, cpath, err.decode(errors="replace").strip())  # fmt: skip
         else:
             log.info("%s: %s was mounted again; re-bound at %s", what, host, cpath)
-        # either way, not again for this mount (a failure stays what it was: a dead bind)
-        record.mount_sources[cpath] = new
-        self.records.put_container(record)
 
     async def _watch_exits(self) -> None:
         """Turn conmon's exit files into EXITED records.

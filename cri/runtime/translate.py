@@ -197,7 +197,8 @@ def _capabilities(config: ContainerConfig) -> list[str]:
     return [c for c in caps if c not in drop]
 
 
-def _propagation(p: MountPropagation) -> str:
+def propagation_option(p: MountPropagation) -> str:
+    """The OCI mount option for a CRI propagation mode."""
     return {
         MountPropagation.PRIVATE: "rprivate",
         MountPropagation.HOST_TO_CONTAINER: "rslave",
@@ -251,7 +252,11 @@ def _mounts(config: ContainerConfig, sandbox: SandboxPaths) -> list[dict[str, An
                 "destination": m.container_path,
                 "type": "bind",
                 "source": m.host_path,
-                "options": ["rbind", _propagation(m.propagation), "ro" if m.readonly else "rw"],
+                "options": [
+                    "rbind",
+                    propagation_option(m.propagation),
+                    "ro" if m.readonly else "rw",
+                ],
             }
         )
     return mounts
